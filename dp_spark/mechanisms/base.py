@@ -1,0 +1,110 @@
+"""What every mechanism shares: the perturbation contract and parameter checks."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from dp_spark.embeddings import Embeddings
+
+OOV_POLICIES = ("keep", "drop", "replace")
+DEFAULT_PLACEHOLDER = "<unk>"
+
+
+class Mechanism(ABC):
+    """A word-level metric-DP mechanism over a fixed vocabulary.
+
+    Subclasses implement ``_perturb_in_vocabulary`` for a batch of valid ids,
+    drawing all randomness from the generator they are given, as whole arrays
+    (no Python loop per token).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, embeddings: Embeddings, epsilon: float) -> None:
+        self.embeddings = embeddings
+        self.epsilon = positive_float("epsilon", epsilon)
+
+    def perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Perturb a batch of vocabulary ids; ids < 0 (out of vocabulary) pass through."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"ids must be a 1-D array, got shape {ids.shape}")
+        ids = ids.astype(np.int64, copy=False)
+        if ids.size and ids.max() >= self.embeddings.size:
+            raise ValueError(
+                f"ids must be < vocabulary size {self.embeddings.size}, got {int(ids.max())}"
+            )
+        in_vocabulary = ids >= 0
+        if in_vocabulary.all():
+            return self._perturb_in_vocabulary(ids, rng)
+        out = ids.copy()
+        out[in_vocabulary] = self._perturb_in_vocabulary(ids[in_vocabulary], rng)
+        return out
+
+    @abstractmethod
+    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Perturb int64 ids, all in [0, vocabulary size)."""
+
+    def perturb_words(
+        self,
+        words: Sequence[str],
+        rng: np.random.Generator,
+        oov: str = "keep",
+        placeholder: str = DEFAULT_PLACEHOLDER,
+    ) -> list[str]:
+        """Perturb a list of words; words outside the vocabulary are kept, dropped,
+        or replaced by ``placeholder`` according to ``oov``."""
+        choice("oov", oov, OOV_POLICIES)
+        ids = self.embeddings.ids(list(words))
+        perturbed = self.perturb(ids, rng)
+        known = perturbed >= 0
+        out = np.empty(len(ids), dtype=object)
+        out[known] = self.embeddings.words_of(perturbed[known])
+        if oov == "keep":
+            out[~known] = np.asarray(words, dtype=object)[~known]
+        elif oov == "replace":
+            out[~known] = placeholder
+        else:
+            out = out[known]
+        return out.tolist()
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters and derived privacy figures, for statistics tables and manifests."""
+        return {"mechanism": self.name, "epsilon": self.epsilon}
+
+
+def positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return value
+
+
+def optional_positive_float(name: str, value: Any) -> float | None:
+    return None if value is None else positive_float(name, value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value

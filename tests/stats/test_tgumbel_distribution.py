@@ -1,0 +1,163 @@
+"""The truncated Gumbel mechanism against its exact output distribution.
+
+The reference is computed independently of the sampler: candidates by a full
+argsort of distances, k from the Poisson pmf, and P[candidate j wins] by
+quadrature of f_j(g) prod_{i != j} P[d_i + g_i > d_j + g] over the truncated
+Gumbel noise g of the winner.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dp_spark.embeddings import Embeddings
+from dp_spark.index import NeighbourTable, build_neighbour_table
+from dp_spark.mechanisms import build_mechanism
+from dp_spark.mechanisms.tgumbel import epsilon_of_scale, gumbel_scale, minimum_epsilon
+from tests.stats.distributions import P_VALUE_THRESHOLD, chi_square_gof
+
+DRAWS = 60_000
+
+
+def gumbel_cdf(x, scale, bound):
+    low, high = math.exp(-math.exp(bound / scale)), math.exp(-math.exp(-bound / scale))
+    return np.clip((np.exp(-np.exp(-x / scale)) - low) / (high - low), 0.0, 1.0)
+
+
+def gumbel_pdf(x, scale, bound):
+    low, high = math.exp(-math.exp(bound / scale)), math.exp(-math.exp(-bound / scale))
+    z = np.exp(-x / scale)
+    return np.where(np.abs(x) <= bound, z * np.exp(-z) / scale / (high - low), 0.0)
+
+
+def poisson_pmf(rate, max_k):
+    k = np.arange(max_k + 1)
+    pmf = np.exp(k * math.log(rate) - rate - np.array([math.lgamma(x + 1) for x in k]))
+    return pmf / pmf.sum()
+
+
+def exact_distribution(vectors, word, scale, bound, rate, extra_k=0, truncate=True):
+    """P[M(word) = y] for every y. ``extra_k`` and ``truncate`` build the
+    distributions of deliberately wrong variants (negative controls)."""
+    size = len(vectors)
+    distances = np.linalg.norm(vectors.astype(np.float64) - vectors[word], axis=1)
+    distances[word] = -1.0
+    order = np.argsort(distances, kind="stable")
+    distances[word] = 0.0
+    ordered = distances[order]
+    pmf = poisson_pmf(rate, size - 1)
+    grid = np.linspace(-bound, bound, 8001) if truncate else np.linspace(-4 * bound, 12 * bound, 32001)
+    if truncate:
+        pdf, cdf = (lambda x: gumbel_pdf(x, scale, bound)), (lambda x: gumbel_cdf(x, scale, bound))
+    else:
+        pdf = lambda x: np.exp(-x / scale) * np.exp(-np.exp(-x / scale)) / scale  # noqa: E731
+        cdf = lambda x: np.exp(-np.exp(-x / scale))  # noqa: E731
+    out = np.zeros(size)
+    winner_pdf = pdf(grid)
+    for k, weight in enumerate(pmf):
+        if weight < 1e-14:
+            continue
+        count = min(k + 1 + extra_k, size)
+        d = ordered[:count]
+        # survival[i, j, :] = P[s_i > d_j + g]
+        survival = 1.0 - cdf(d[None, :, None] + grid[None, None, :] - d[:, None, None])
+        survival[np.arange(count), np.arange(count), :] = 1.0
+        integrand = winner_pdf[None, :] * survival.prod(axis=0)
+        wins = np.trapezoid(integrand, grid, axis=1)
+        out[order[:count]] += weight * wins / wins.sum()
+    return out
+
+
+@pytest.fixture(scope="module")
+def table(small_embeddings):
+    return build_neighbour_table(small_embeddings, k=small_embeddings.size - 1)
+
+
+@pytest.fixture(scope="module")
+def grid_embeddings():
+    """12 words on a jittered grid: few enough, and far enough apart relative
+    to the Gumbel scale at a large epsilon, that the noise's shape shows in
+    the output distribution (with 200 clustered words the choice among the
+    k + 1 candidates is nearly uniform, whatever the noise)."""
+    rng = np.random.default_rng(3)
+    points = np.array([(i, j) for i in range(4) for j in range(3)], float) * 3.0
+    points += rng.normal(size=points.shape) * 0.4
+    return Embeddings.from_arrays([f"g{i}" for i in range(12)], points.astype(np.float32))
+
+
+def dense_median_and_sparse_words(table):
+    nearest = table.distances[:, 0]
+    order = np.argsort(nearest)
+    return [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+
+
+def draws_and_reference(embeddings, table, epsilon_factor, word, **variant):
+    epsilon = epsilon_factor * minimum_epsilon(embeddings.size, table.min_distance)
+    mechanism = build_mechanism("tgumbel", embeddings, epsilon=epsilon, neighbours=table)
+    samples = mechanism.perturb(np.full(DRAWS, word), np.random.default_rng(20261123))
+    reference = exact_distribution(
+        embeddings.vectors,
+        word,
+        mechanism.scale * variant.pop("scale_factor", 1.0),
+        table.diameter,
+        mechanism.poisson_rate + variant.pop("rate_shift", 0.0),
+        **variant,
+    )
+    return samples, reference
+
+
+@pytest.mark.parametrize("neighbours", ["full", "short"])
+def test_clustered_vocabulary_matches_quadrature(small_embeddings, table, neighbours):
+    """Full table: every k is served from the table. Short table (K = 6): the
+    k > K draws go through the exact-search fallback."""
+    if neighbours == "short":
+        table = NeighbourTable(
+            table.ids[:, :6], table.distances[:, :6], table.diameter, table.fingerprint
+        )
+    for word in dense_median_and_sparse_words(table):
+        samples, exact = draws_and_reference(small_embeddings, table, 4, word)
+        assert chi_square_gof(samples, exact) > P_VALUE_THRESHOLD, f"word {word}"
+
+
+def test_grid_vocabulary_matches_quadrature(grid_embeddings):
+    table = build_neighbour_table(grid_embeddings, k=11)
+    for word in (0, 5, 11):
+        samples, exact = draws_and_reference(grid_embeddings, table, 100, word)
+        assert chi_square_gof(samples, exact) > P_VALUE_THRESHOLD, f"word {word}"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"extra_k": -1},  # the reference code's off-by-one: k candidates, not k + 1
+        {"truncate": False},  # plain Gumbel noise, no truncation at Delta_max
+        {"scale_factor": 1.15},  # a 15% error in the scale b
+        {"rate_shift": 1.0},  # lambda one too large
+    ],
+)
+def test_quadrature_check_rejects_wrong_variants(grid_embeddings, variant):
+    """Negative control: the same samples and test reject each wrong variant."""
+    table = build_neighbour_table(grid_embeddings, k=11)
+    samples, wrong = draws_and_reference(grid_embeddings, table, 100, 5, **variant)
+    assert chi_square_gof(samples, wrong) < P_VALUE_THRESHOLD
+
+
+def test_scale_matches_reference_calibration_table():
+    """b for |V| = 1e5, Delta_min = 3, Delta_max = 12, from the reference notes,
+    and epsilon(b) inverts it."""
+    for epsilon, expected in [(10, 47.5), (20, 9.77), (40, 6.95), (100, 5.31)]:
+        b = gumbel_scale(epsilon, 100_000, 3.0, 12.0)
+        assert b == pytest.approx(expected, rel=5e-3)
+        assert epsilon_of_scale(b, 100_000, 3.0, 12.0) == pytest.approx(epsilon, rel=1e-9)
+
+
+def test_epsilon_below_valid_range_is_refused(small_embeddings, table):
+    floor = minimum_epsilon(small_embeddings.size, table.min_distance)
+    with pytest.raises(ValueError, match=r"epsilon_min = .*Delta_min"):
+        build_mechanism("tgumbel", small_embeddings, epsilon=floor * 0.99, neighbours=table)
+    with pytest.raises(ValueError, match="epsilon_min"):
+        build_mechanism("tgumbel", small_embeddings, epsilon=floor, neighbours=table)
+    assert minimum_epsilon(100_000, 0.3513616919517517) == pytest.approx(79.76, abs=0.01)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.randomness import TokenRandom, as_token_random
 
 OOV_POLICIES = ("keep", "drop", "replace")
 DEFAULT_PLACEHOLDER = "<unk>"
@@ -18,8 +19,9 @@ class Mechanism(ABC):
     """A word-level metric-DP mechanism over a fixed vocabulary.
 
     Subclasses implement ``_perturb_in_vocabulary`` for a batch of valid ids,
-    drawing all randomness from the generator they are given, as whole arrays
-    (no Python loop per token).
+    drawing all randomness from the ``TokenRandom`` they are given (one row of
+    uniforms per token, on streams they number), as whole arrays: no Python
+    loop per token.
     """
 
     name: ClassVar[str]
@@ -28,8 +30,9 @@ class Mechanism(ABC):
         self.embeddings = embeddings
         self.epsilon = positive_float("epsilon", epsilon)
 
-    def perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Perturb a batch of vocabulary ids; ids < 0 (out of vocabulary) pass through."""
+    def perturb(self, ids: np.ndarray, rng: np.random.Generator | TokenRandom) -> np.ndarray:
+        """Perturb a batch of vocabulary ids; ids < 0 (out of vocabulary) pass
+        through. ``rng``: a numpy Generator, or a TokenRandom with one row per id."""
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise ValueError(f"ids must be a 1-D array, got shape {ids.shape}")
@@ -38,21 +41,23 @@ class Mechanism(ABC):
             raise ValueError(
                 f"ids must be < vocabulary size {self.embeddings.size}, got {int(ids.max())}"
             )
+        source = as_token_random(rng, len(ids))
         in_vocabulary = ids >= 0
         if in_vocabulary.all():
-            return self._perturb_in_vocabulary(ids, rng)
+            return self._perturb_in_vocabulary(ids, source)
         out = ids.copy()
-        out[in_vocabulary] = self._perturb_in_vocabulary(ids[in_vocabulary], rng)
+        rows = np.flatnonzero(in_vocabulary)
+        out[rows] = self._perturb_in_vocabulary(ids[rows], source.restrict(rows))
         return out
 
     @abstractmethod
-    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         """Perturb int64 ids, all in [0, vocabulary size)."""
 
     def perturb_words(
         self,
         words: Sequence[str],
-        rng: np.random.Generator,
+        rng: np.random.Generator | TokenRandom,
         oov: str = "keep",
         placeholder: str = DEFAULT_PLACEHOLDER,
     ) -> list[str]:

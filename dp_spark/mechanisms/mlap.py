@@ -28,6 +28,7 @@ from dp_spark.embeddings import Embeddings
 from dp_spark.index import INDEX_TYPES, build_index, configure_faiss
 from dp_spark.mechanisms.base import Mechanism, choice, optional_positive_float
 from dp_spark.mechanisms.noise import gamma_upper_regularized, laplace_radii, uniform_directions
+from dp_spark.randomness import TokenRandom, as_token_random
 
 
 class MultivariateLaplace(Mechanism):
@@ -62,18 +63,21 @@ class MultivariateLaplace(Mechanism):
             return 0.0
         return gamma_upper_regularized(self.embeddings.dim, self.epsilon * self.max_distance)
 
-    def noisy_vectors(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    DIRECTION_STREAM, RADIUS_STREAM = 0, 1
+
+    def noisy_vectors(self, ids: np.ndarray, rng: np.random.Generator | TokenRandom) -> np.ndarray:
         """phi(w) + r u for each id (float32, (len(ids), n))."""
+        rng = as_token_random(rng, len(ids))
         dim = self.embeddings.dim
-        noise = uniform_directions(rng, len(ids), dim)
-        radii = laplace_radii(rng, len(ids), dim, self.epsilon)
+        noise = uniform_directions(rng, self.DIRECTION_STREAM, dim)
+        radii = laplace_radii(rng, self.RADIUS_STREAM, dim, self.epsilon)
         if self.max_distance is not None:
             np.minimum(radii, self.max_distance, out=radii)
         noise *= radii.astype(np.float32)[:, None]
         noise += self.embeddings.vectors[ids]
         return noise
 
-    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         if len(ids) == 0:
             return ids
         return self.nearest_words(self.noisy_vectors(ids, rng))

@@ -1,6 +1,7 @@
 """Noise primitives and the special functions their calibration needs.
 
-All samplers draw whole arrays whose first axis is the token axis.
+Samplers turn uniforms from a ``TokenRandom`` into noise, whole arrays at a
+time, one row per token.
 """
 
 from __future__ import annotations
@@ -9,36 +10,44 @@ import math
 
 import numpy as np
 
+from dp_spark.randomness import TokenRandom
 
-def uniform_directions(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
-    """``count`` points uniform on the unit sphere in R^dim (float32, (count, dim))."""
-    directions = rng.standard_normal((count, dim), dtype=np.float32)
+
+def standard_normals(rng: TokenRandom, stream: int, count: int) -> np.ndarray:
+    """(tokens, count) independent N(0, 1) draws, by the Box-Muller transform."""
+    pairs = (count + 1) // 2
+    u = rng.uniform(stream, 2 * pairs)
+    radius = np.sqrt(-2.0 * np.log(u[:, :pairs]))
+    angle = (2.0 * np.pi) * u[:, pairs:]
+    return np.hstack([radius * np.cos(angle), radius * np.sin(angle)])[:, :count]
+
+
+def uniform_directions(rng: TokenRandom, stream: int, dim: int) -> np.ndarray:
+    """One point per token uniform on the unit sphere in R^dim (float32)."""
+    directions = standard_normals(rng, stream, dim)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    return directions
+    return directions.astype(np.float32)
 
 
-def laplace_radii(
-    rng: np.random.Generator, count: int, dim: int, epsilon: float
-) -> np.ndarray:
-    """Radii of multivariate Laplace noise in R^dim: Gamma(shape=dim, scale=1/epsilon).
+def laplace_radii(rng: TokenRandom, stream: int, dim: int, epsilon: float) -> np.ndarray:
+    """Radii of multivariate Laplace noise in R^dim: Gamma(shape=dim, scale=1/epsilon),
+    as a sum of dim exponentials (dim is an integer).
 
     With a uniform direction this gives noise of density proportional to
     exp(-epsilon ||y||) (the radial density r^(dim-1) e^(-epsilon r) over the
     sphere's surface factor r^(dim-1))."""
-    return rng.gamma(dim, 1.0 / epsilon, count)
+    return -np.log(rng.uniform(stream, dim)).sum(axis=1) / epsilon
 
 
-def truncated_gumbel(
-    rng: np.random.Generator, shape: tuple[int, ...], scale: float, bound: float
-) -> np.ndarray:
+def truncated_gumbel(u: np.ndarray, scale: float, bound: float) -> np.ndarray:
     """Gumbel(0, scale) conditioned on |g| <= bound, by inverse CDF on the
-    truncated range (exact, no rejection loop). float32."""
+    truncated range (exact, no rejection loop), from float32 uniforms in
+    (0, 1], transformed in place."""
     low = math.exp(-math.exp(bound / scale))
     high = math.exp(-math.exp(-bound / scale))
-    u = rng.random(shape, dtype=np.float32)
     u *= np.float32(high - low)
     u += np.float32(low)
-    g = np.log(u)
+    g = np.log(u, out=u)
     np.negative(g, out=g)
     np.log(g, out=g)
     g *= np.float32(-scale)
@@ -54,7 +63,7 @@ def truncated_poisson_cdf(lam: float, max_k: int) -> np.ndarray:
     """CDF of Poisson(lam) conditioned on k <= max_k, as a table over k = 0..K.
 
     The table stops where the remaining tail is below double precision, so a
-    uniform draw through ``np.searchsorted`` samples the conditioned law
+    uniform draw through ``sample_from_cdf`` samples the conditioned law
     exactly up to float64 rounding."""
     if lam == 0:
         return np.ones(1)
@@ -68,9 +77,10 @@ def truncated_poisson_cdf(lam: float, max_k: int) -> np.ndarray:
     return cdf
 
 
-def sample_from_cdf(rng: np.random.Generator, cdf: np.ndarray, count: int) -> np.ndarray:
-    """Inverse-CDF draws of k (int64) from a table ``cdf[k] = P[K <= k]``."""
-    return np.searchsorted(cdf, rng.random(count), side="right").astype(np.int64)
+def sample_from_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draws of k (int64) from a table ``cdf[k] = P[K <= k]`` and
+    uniforms in (0, 1]: k = #{j : cdf[j] < u}."""
+    return np.searchsorted(cdf, u, side="left").astype(np.int64)
 
 
 def lambert_w0(x: float) -> float:

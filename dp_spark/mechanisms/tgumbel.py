@@ -52,6 +52,7 @@ from dp_spark.mechanisms.noise import (
     truncated_gumbel,
     truncated_poisson_cdf,
 )
+from dp_spark.randomness import TokenRandom
 
 
 def minimum_epsilon(vocab_size: int, min_distance: float) -> float:
@@ -80,12 +81,17 @@ def epsilon_of_scale(scale: float, vocab_size: int, min_distance: float, diamete
     ) * max(1 / scale, 1 / min_distance)
 
 
+def _cheapest_narrow_width(k_cdf: np.ndarray, full_width: int) -> int:
+    """Tokens whose k + 1 candidates fit in a narrow padded matrix are scored
+    there, the rest in a full-width one; pick the narrow width w that
+    minimises the expected noise draws per token, w + P[k >= w] full_width."""
+    widths = np.arange(1, full_width + 1)
+    at_least = 1.0 - k_cdf[np.minimum(widths - 1, len(k_cdf) - 1)]
+    return int(widths[np.argmin(widths + at_least * full_width)])
+
+
 class TruncatedGumbel(Mechanism):
     name = "tgumbel"
-
-    # Tokens are processed in a narrow padded matrix when k is at most this many
-    # standard deviations above lambda (nearly all of them), the rest in a wide one.
-    NARROW_SIGMAS = 4.0
 
     def __init__(
         self,
@@ -120,32 +126,48 @@ class TruncatedGumbel(Mechanism):
         self._candidate_distances = np.hstack(
             [np.zeros((size, 1), np.float32), neighbours.distances]
         )
-        narrow = math.ceil(self.poisson_rate + self.NARROW_SIGMAS * math.sqrt(self.poisson_rate))
-        self._narrow_width = min(neighbours.k, max(narrow, 1)) + 1
+        self._narrow_width = _cheapest_narrow_width(self.k_cdf, neighbours.k + 1)
         self._exact_index = None
 
-    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        k = sample_from_cdf(rng, self.k_cdf, len(ids))
-        out = np.empty_like(ids)
+    # Scoring works on (tokens x candidates) temporaries; chunks of this many
+    # tokens keep them in cache (measured: ~25% faster than 200k-token blocks).
+    CHUNK = 32_768
+    K_STREAM, NOISE_STREAM = 0, 1
+
+    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
+        if len(ids) <= self.CHUNK:
+            return self._perturb_chunk(ids, rng)
+        chunks = []
+        for start in range(0, len(ids), self.CHUNK):
+            rows = np.arange(start, min(start + self.CHUNK, len(ids)))
+            chunks.append(self._perturb_chunk(ids[rows], rng.restrict(rows)))
+        return np.concatenate(chunks)
+
+    def _perturb_chunk(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
+        k = sample_from_cdf(self.k_cdf, rng.uniform(self.K_STREAM, 1)[:, 0])
         narrow = k < self._narrow_width
         if narrow.all():
             return self._choose_from_table(ids, k, self._narrow_width, rng)
-        out[narrow] = self._choose_from_table(ids[narrow], k[narrow], self._narrow_width, rng)
-        wide = ~narrow & (k <= self.neighbours.k)
-        out[wide] = self._choose_from_table(ids[wide], k[wide], self.neighbours.k + 1, rng)
-        beyond = k > self.neighbours.k
-        if beyond.any():
-            out[beyond] = self._choose_by_scan(ids[beyond], k[beyond], rng)
+        out = np.empty_like(ids)
+        full_width = self.neighbours.k + 1
+        for rows, width in (
+            (np.flatnonzero(narrow), self._narrow_width),
+            (np.flatnonzero(~narrow & (k < full_width)), full_width),
+        ):
+            out[rows] = self._choose_from_table(ids[rows], k[rows], width, rng.restrict(rows))
+        beyond = np.flatnonzero(k >= full_width)
+        if len(beyond):
+            out[beyond] = self._choose_by_scan(ids[beyond], k[beyond], rng.restrict(beyond))
         return out
 
     def _choose_from_table(
-        self, ids: np.ndarray, k: np.ndarray, width: int, rng: np.random.Generator
+        self, ids: np.ndarray, k: np.ndarray, width: int, rng: TokenRandom
     ) -> np.ndarray:
         distances = self._candidate_distances[ids, :width]
         chosen = self._noisy_argmin(distances, k, rng)
         return self._candidate_ids[ids, chosen].astype(np.int64)
 
-    def _choose_by_scan(self, ids: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _choose_by_scan(self, ids: np.ndarray, k: np.ndarray, rng: TokenRandom) -> np.ndarray:
         """Candidates for k beyond the table's K, by an exact search (rare)."""
         if self._exact_index is None:
             self._exact_index = build_index(self.embeddings.vectors, "flat")
@@ -158,11 +180,12 @@ class TruncatedGumbel(Mechanism):
         chosen = self._noisy_argmin(distances, k, rng)
         return candidates[np.arange(len(ids)), chosen].astype(np.int64)
 
-    def _noisy_argmin(
-        self, distances: np.ndarray, k: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        """Column of argmin(d + g) over the first k + 1 columns of each row."""
-        scores = truncated_gumbel(rng, distances.shape, self.scale, self.diameter)
+    def _noisy_argmin(self, distances: np.ndarray, k: np.ndarray, rng: TokenRandom) -> np.ndarray:
+        """Column of argmin(d + g) over the first k + 1 columns of each row.
+        Column j's noise is the j-th uniform of the token's noise stream,
+        whatever the width of the matrix it is scored in."""
+        uniforms = rng.uniform(self.NOISE_STREAM, distances.shape[1], np.float32)
+        scores = truncated_gumbel(uniforms, self.scale, self.diameter)
         scores += distances
         beyond_k = np.arange(distances.shape[1])[None, :] > k[:, None]
         scores[beyond_k] = np.inf

@@ -16,6 +16,7 @@ import pytest
 
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms import build_mechanism
+from dp_spark.randomness import KeyedRandom
 from tests.stats.distributions import (
     P_VALUE_THRESHOLD,
     chi_square_gof,
@@ -96,14 +97,19 @@ def test_max_distance_matches_closed_form(line_embeddings):
     assert mechanism.delta == pytest.approx(math.exp(-0.75), rel=1e-12)
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
-def test_three_dimensions_match_brute_force(small_embeddings, index_type):
+@pytest.mark.parametrize("index_type, source", [("flat", "generator"), ("hnsw", "generator"), ("flat", "keyed")])
+def test_three_dimensions_match_brute_force(small_embeddings, index_type, source):
     """hnsw on 200 words with efSearch 64 is exact in practice, so it must
-    match the exact reference too."""
+    match the exact reference too. Keyed: sequential token keys."""
     epsilon = 2.0
     mechanism = build_mechanism("mlap", small_embeddings, epsilon=epsilon, index_type=index_type)
     for word in (0, 57, 123):
-        samples = mechanism.perturb(np.full(DRAWS, word), np.random.default_rng(3))
+        rng = (
+            KeyedRandom(np.arange(DRAWS, dtype=np.uint64) + np.uint64(word << 32))
+            if source == "keyed"
+            else np.random.default_rng(3)
+        )
+        samples = mechanism.perturb(np.full(DRAWS, word), rng)
         reference = brute_force_mlap(small_embeddings.vectors, word, epsilon, 10 * DRAWS, np.random.default_rng(4))
         assert chi_square_two_sample(samples, reference, small_embeddings.size) > P_VALUE_THRESHOLD
 

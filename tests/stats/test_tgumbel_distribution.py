@@ -17,9 +17,11 @@ from dp_spark.embeddings import Embeddings
 from dp_spark.index import NeighbourTable, build_neighbour_table
 from dp_spark.mechanisms import build_mechanism
 from dp_spark.mechanisms.tgumbel import epsilon_of_scale, gumbel_scale, minimum_epsilon
+from dp_spark.randomness import KeyedRandom
 from tests.stats.distributions import P_VALUE_THRESHOLD, chi_square_gof
 
 DRAWS = 60_000
+GRID_DRAWS = 200_000  # drawing is cheap; more draws give the negative controls margin
 
 
 def gumbel_cdf(x, scale, bound):
@@ -94,10 +96,12 @@ def dense_median_and_sparse_words(table):
     return [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
 
 
-def draws_and_reference(embeddings, table, epsilon_factor, word, **variant):
+def draws_and_reference(embeddings, table, epsilon_factor, word, draws=DRAWS, keyed=False, **variant):
+    """``keyed``: draw with sequential token keys instead of a numpy Generator."""
     epsilon = epsilon_factor * minimum_epsilon(embeddings.size, table.min_distance)
     mechanism = build_mechanism("tgumbel", embeddings, epsilon=epsilon, neighbours=table)
-    samples = mechanism.perturb(np.full(DRAWS, word), np.random.default_rng(20261123))
+    rng = KeyedRandom(np.arange(draws, dtype=np.uint64)) if keyed else np.random.default_rng(20261123)
+    samples = mechanism.perturb(np.full(draws, word), rng)
     reference = exact_distribution(
         embeddings.vectors,
         word,
@@ -109,23 +113,23 @@ def draws_and_reference(embeddings, table, epsilon_factor, word, **variant):
     return samples, reference
 
 
-@pytest.mark.parametrize("neighbours", ["full", "short"])
-def test_clustered_vocabulary_matches_quadrature(small_embeddings, table, neighbours):
+@pytest.mark.parametrize("neighbours, keyed", [("full", False), ("short", False), ("full", True)])
+def test_clustered_vocabulary_matches_quadrature(small_embeddings, table, neighbours, keyed):
     """Full table: every k is served from the table. Short table (K = 6): the
-    k > K draws go through the exact-search fallback."""
+    k > K draws go through the exact-search fallback. Keyed: per-token keys."""
     if neighbours == "short":
         table = NeighbourTable(
             table.ids[:, :6], table.distances[:, :6], table.diameter, table.fingerprint
         )
     for word in dense_median_and_sparse_words(table):
-        samples, exact = draws_and_reference(small_embeddings, table, 4, word)
+        samples, exact = draws_and_reference(small_embeddings, table, 4, word, keyed=keyed)
         assert chi_square_gof(samples, exact) > P_VALUE_THRESHOLD, f"word {word}"
 
 
 def test_grid_vocabulary_matches_quadrature(grid_embeddings):
     table = build_neighbour_table(grid_embeddings, k=11)
     for word in (0, 5, 11):
-        samples, exact = draws_and_reference(grid_embeddings, table, 100, word)
+        samples, exact = draws_and_reference(grid_embeddings, table, 100, word, GRID_DRAWS)
         assert chi_square_gof(samples, exact) > P_VALUE_THRESHOLD, f"word {word}"
 
 
@@ -141,7 +145,7 @@ def test_grid_vocabulary_matches_quadrature(grid_embeddings):
 def test_quadrature_check_rejects_wrong_variants(grid_embeddings, variant):
     """Negative control: the same samples and test reject each wrong variant."""
     table = build_neighbour_table(grid_embeddings, k=11)
-    samples, wrong = draws_and_reference(grid_embeddings, table, 100, 5, **variant)
+    samples, wrong = draws_and_reference(grid_embeddings, table, 100, 5, GRID_DRAWS, **variant)
     assert chi_square_gof(samples, wrong) < P_VALUE_THRESHOLD
 
 

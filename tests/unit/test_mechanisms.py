@@ -9,6 +9,7 @@ from dp_spark.embeddings import Embeddings
 from dp_spark.index import neighbour_table
 from dp_spark.mechanisms import MECHANISMS, build_mechanism
 from dp_spark.mechanisms.tgumbel import minimum_epsilon
+from dp_spark.randomness import KeyedRandom
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,18 @@ def test_default_embeddings_example():
     assert (mlap.perturb(ids, np.random.default_rng(0)) == ids).mean() > 0.9
     noisy = build_mechanism("mlap", e, epsilon=5, index=mlap.index)
     assert (noisy.perturb(ids, np.random.default_rng(0)) == ids).mean() < 0.3
+
+
+def test_keyed_randomness_makes_output_independent_of_batching(mechanism):
+    """With per-token keys, a token's output does not depend on which batch,
+    or which position in a batch, it is perturbed in, nor on the OOV tokens
+    around it."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(-1, 200, 3000)
+    keys = rng.integers(0, 2**63, 3000).astype(np.uint64)
+    whole = mechanism.perturb(ids, KeyedRandom(keys))
+    order = rng.permutation(3000)
+    parts = [order[:1000], order[1000:1001], order[1001:]]
+    for part in parts:
+        np.testing.assert_array_equal(mechanism.perturb(ids[part], KeyedRandom(keys[part])), whole[part])
+    assert (whole != mechanism.perturb(ids, KeyedRandom(keys + np.uint64(1)))).mean() > 0.05

@@ -1,0 +1,138 @@
+"""Perturbing one text column of one Arrow batch: tokens to ids, mechanism,
+ids back to strings with the same row structure, and the batch's statistics.
+
+Pure pyarrow and numpy, so the Spark UDFs stay thin and this is tested
+without Spark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dp_spark.mechanisms.base import DEFAULT_PLACEHOLDER, OOV_POLICIES, Mechanism, choice
+from dp_spark.randomness import TokenRandom
+from dp_spark.stats import ColumnStatistics
+from dp_spark.tokenize import Vocabulary, has_word_character, match_case, segment
+
+INPUT_KINDS = ("string", "tokens")
+
+# Gets the random source for a batch, given how many tokens each row has.
+RandomFactory = Callable[[np.ndarray], TokenRandom]
+
+
+@dataclass(frozen=True)
+class ColumnPerturbation:
+    """How one column is perturbed: ``kind`` ``string`` (tokenised, then
+    joined back) or ``tokens`` (array<string>); ``oov`` policy for tokens
+    outside the vocabulary: ``keep``, ``drop`` or ``replace`` by ``placeholder``."""
+
+    mechanism: Mechanism
+    vocabulary: Vocabulary
+    kind: str
+    oov: str = "keep"
+    placeholder: str = DEFAULT_PLACEHOLDER
+
+    def __post_init__(self) -> None:
+        choice("kind", self.kind, INPUT_KINDS)
+        choice("oov", self.oov, OOV_POLICIES)
+
+    def apply(self, column: pa.Array, random_for: RandomFactory) -> tuple[pa.Array, ColumnStatistics]:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if self.kind == "string":
+            return self._apply_to_strings(column, random_for)
+        return self._apply_to_token_lists(column, random_for)
+
+    def _perturb(
+        self, tokens: pa.Array, token_rows: np.ndarray, rows: int, random_for: RandomFactory
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.vocabulary.ids(tokens)
+        random = random_for(np.bincount(token_rows, minlength=rows))
+        return ids, self.mechanism.perturb(ids, random)
+
+    def _outputs(self, tokens: pa.Array, ids: np.ndarray, new_ids: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+        """Output text of every token, and which tokens survive (``drop``)."""
+        changed = np.flatnonzero((ids >= 0) & (new_ids != ids))
+        replacements = match_case(
+            tokens.take(pa.array(changed)), self.vocabulary.strings(new_ids[changed])
+        )
+        source = np.arange(len(tokens), dtype=np.int64)
+        source[changed] = len(tokens) + np.arange(len(changed))
+        kept = np.ones(len(tokens), dtype=bool)
+        pool = [tokens.cast(pa.string()), replacements]
+        if self.oov == "replace":
+            source[ids < 0] = len(tokens) + len(changed)
+            pool.append(pa.array([self.placeholder], pa.string()))
+        elif self.oov == "drop":
+            kept = ids >= 0
+        return pa.concat_arrays(pool).take(pa.array(source)), kept
+
+    def _apply_to_strings(self, column: pa.Array, random_for: RandomFactory) -> tuple[pa.Array, ColumnStatistics]:
+        segments = segment(column)
+        rows = len(column)
+        segment_rows = np.repeat(np.arange(rows), np.diff(segments.row_offsets))
+        word_positions = np.flatnonzero(segments.is_word)
+        words = segments.values.take(pa.array(word_positions))
+        token_rows = segment_rows[word_positions]
+        ids, new_ids = self._perturb(words, token_rows, rows, random_for)
+        texts, kept = self._outputs(words, ids, new_ids)
+        if not kept.all():
+            texts = pc.if_else(pa.array(kept), texts, "")
+        out_segments = segments.values.cast(pa.string())
+        if len(word_positions):
+            source = np.arange(len(out_segments), dtype=np.int64)
+            source[word_positions] = len(out_segments) + np.arange(len(word_positions))
+            out_segments = pa.concat_arrays([out_segments, texts]).take(pa.array(source))
+        joined = pc.binary_join(
+            pa.ListArray.from_arrays(pa.array(segments.row_offsets, pa.int32()), out_segments), ""
+        )
+        if not segments.valid.all():
+            joined = pc.if_else(pa.array(segments.valid), joined, pa.scalar(None, pa.string()))
+        statistics = ColumnStatistics.of_batch(
+            len(self.vocabulary),
+            valid_rows=segments.valid,
+            token_rows=token_rows,
+            original_ids=ids,
+            perturbed_ids=new_ids,
+        )
+        return joined.cast(column.type), statistics
+
+    def _apply_to_token_lists(
+        self, column: pa.Array, random_for: RandomFactory
+    ) -> tuple[pa.Array, ColumnStatistics]:
+        rows = len(column)
+        valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+        tokens = column.flatten().cast(pa.string())
+        token_rows = np.repeat(np.arange(rows), lengths)
+        word = has_word_character(tokens)
+        word_positions = np.flatnonzero(word)
+        words = tokens.take(pa.array(word_positions))
+        ids, new_ids = self._perturb(words, token_rows[word_positions], rows, random_for)
+        texts, kept = self._outputs(words, ids, new_ids)
+        source = np.arange(len(tokens), dtype=np.int64)
+        source[word_positions] = len(tokens) + np.arange(len(word_positions))
+        out_tokens = pa.concat_arrays([tokens, texts]).take(pa.array(source))
+        keep_token = np.ones(len(tokens), dtype=bool)
+        keep_token[word_positions] = kept
+        if not keep_token.all():
+            out_tokens = out_tokens.filter(pa.array(keep_token))
+            lengths = np.bincount(token_rows[keep_token], minlength=rows)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        out = pa.ListArray.from_arrays(
+            pa.array(offsets), out_tokens, mask=pa.array(~valid) if not valid.all() else None
+        )
+        statistics = ColumnStatistics.of_batch(
+            len(self.vocabulary),
+            valid_rows=valid,
+            token_rows=token_rows[word_positions],
+            original_ids=ids,
+            perturbed_ids=new_ids,
+            skipped=len(tokens) - len(word_positions),
+        )
+        return out.cast(column.type), statistics

@@ -1,9 +1,12 @@
-"""Command line: ``python -m dp_spark <command>``."""
+"""Command line: ``python -m dp_spark <command>``.
+
+perturb   run the perturb job in local mode (same flags as spark-submit jobs/perturb.py)
+demo      perturb one sentence with each mechanism, no Spark
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import numpy as np
@@ -20,23 +23,26 @@ def demo(args: argparse.Namespace) -> int:
     print(f"input:            {' '.join(DEMO_SENTENCE)}")
     for name, epsilon in (("mlap", 10.0), ("mlap", 20.0), ("tgumbel", 100.0)):
         mechanism = build_mechanism(name, embeddings, epsilon=epsilon)
-        rng = np.random.default_rng(args.seed)
-        output = mechanism.perturb_words(DEMO_SENTENCE, rng)
+        output = mechanism.perturb_words(DEMO_SENTENCE, np.random.default_rng(args.seed))
         print(f"{name:8s} eps={epsilon:<6g} {' '.join(output)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dp_spark", description=__doc__)
+    from dp_spark.spark import job
+
+    parser = argparse.ArgumentParser(prog="dp_spark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    perturb = commands.add_parser("perturb", help="perturb text columns of a table (local Spark)")
+    job.add_arguments(perturb)
+    perturb.set_defaults(handler=job.run_from_arguments)
     demo_parser = commands.add_parser("demo", help="perturb a sentence with each mechanism")
     demo_parser.add_argument("--vocab-size", type=int, default=100_000)
     demo_parser.add_argument("--seed", type=int, default=0)
     demo_parser.set_defaults(handler=demo)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # faiss announces at INFO which of its builds it loaded, at every import.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    job.configure_logging()
     return args.handler(args)
 
 

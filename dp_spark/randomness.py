@@ -114,6 +114,13 @@ def derive_key(secret: bytes, *parts: object) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
+def seed_fingerprint(seed: bytes) -> str:
+    """A one-way fingerprint of the seed for manifests and the ledger: equal
+    seeds give equal fingerprints, and the fingerprint does not give the seed
+    back (but a small seed can be found by trying them all)."""
+    return hashlib.blake2b(seed, key=b"dp-spark seed fingerprint v1", digest_size=16).hexdigest()
+
+
 def token_keys(row_keys: np.ndarray, tokens_per_row: np.ndarray) -> np.ndarray:
     """Keys of the tokens of consecutive rows: mix(row key + position in row)."""
     tokens_per_row = np.asarray(tokens_per_row, dtype=np.int64)

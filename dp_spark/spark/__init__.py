@@ -1,0 +1,1 @@
+"""Everything that imports pyspark: resources broadcast, UDFs, I/O, ledger, jobs."""

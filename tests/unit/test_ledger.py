@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from dp_spark.ledger import (
+    LedgerEntry,
+    RecompositionRefused,
+    check_recomposition,
+    partition_label,
+    partitions_overlap,
+)
+
+
+def entry(partition="ds=1", column="text", fingerprint="aaa", epsilon=10.0, run="r1"):
+    return LedgerEntry(run, "reviews", partition, column, "mlap", epsilon, fingerprint, "2026-11-22")
+
+
+def test_partition_labels_and_overlap():
+    assert partition_label({}) == "*"
+    assert partition_label({"region": "eu", "ds": "1"}) == "ds=1/region=eu"
+    assert partitions_overlap("*", "ds=1")
+    assert partitions_overlap("ds=1", "ds=1/region=eu")
+    assert not partitions_overlap("ds=1", "ds=2")
+    assert not partitions_overlap("ds=1/region=eu", "ds=1/region=us")
+
+
+def test_replay_with_the_same_seed_is_allowed():
+    totals = check_recomposition([entry()], "reviews", "ds=1", {"text": 10.0}, "aaa", allow=False)
+    assert totals == {"text": 10.0}
+
+
+def test_new_seed_on_released_partition_is_refused_with_totals():
+    with pytest.raises(RecompositionRefused, match=r"(?s)column .text.: run r1 .* total 20.*--allow-recompose"):
+        check_recomposition([entry()], "reviews", "ds=1", {"text": 10.0}, "bbb", allow=False)
+    with pytest.raises(RecompositionRefused):
+        check_recomposition([entry(partition="*")], "reviews", "ds=1", {"text": 10.0}, "bbb", allow=False)
+
+
+def test_other_partition_column_or_dataset_is_not_composition():
+    entries = [entry(partition="ds=2"), entry(column="title")]
+    assert check_recomposition(entries, "reviews", "ds=1", {"text": 5.0}, "bbb", allow=False) == {"text": 5.0}
+    other = LedgerEntry("r", "other", "ds=1", "text", "mlap", 1.0, "zzz", "t")
+    assert check_recomposition([other], "reviews", "ds=1", {"text": 5.0}, "bbb", allow=False) == {"text": 5.0}
+
+
+def test_allowed_recomposition_adds_up_each_seed_once():
+    entries = [entry(), entry(run="r2"), entry(fingerprint="ccc", epsilon=3.0, run="r3")]
+    totals = check_recomposition(entries, "reviews", "ds=1", {"text": 10.0}, "bbb", allow=True)
+    assert totals == {"text": 23.0}

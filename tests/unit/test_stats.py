@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dp_spark.stats import ColumnStatistics, merge_counts
+
+
+def batch(original, perturbed, rows, valid):
+    return ColumnStatistics.of_batch(
+        10,
+        valid_rows=np.array(valid),
+        token_rows=np.array(rows),
+        original_ids=np.array(original),
+        perturbed_ids=np.array(perturbed),
+    )
+
+
+def test_batch_counts():
+    s = batch([1, 2, -1, 3, 3], [1, 5, -1, 4, 4], [0, 0, 0, 2, 2], [True, False, True])
+    assert (s.rows, s.null_rows, s.tokens, s.perturbed, s.oov, s.changed) == (2, 1, 5, 4, 1, 3)
+    assert s.substitution_rate == pytest.approx(0.75)
+    # perturbed tokens per valid row: row 0 has 2, row 2 has 2
+    assert s.perturbed_per_row[0].tolist() == [2] and s.perturbed_per_row[1].tolist() == [2]
+    originals, substitutes, counts = s.frequent_pairs(1)
+    assert list(zip(originals, substitutes, counts)) == [(2, 5, 1), (3, 4, 2)]
+    assert s.frequent_pairs(2)[2].tolist() == [2]
+    words, seen, changed = s.word_rates(1)
+    assert words.tolist() == [1, 2, 3] and seen.tolist() == [1, 1, 2] and changed.tolist() == [0, 1, 2]
+
+
+def test_merge_equals_one_big_batch():
+    rng = np.random.default_rng(0)
+    original = rng.integers(-1, 10, 1000)
+    perturbed = np.where(rng.random(1000) < 0.5, original, rng.integers(0, 10, 1000))
+    perturbed[original < 0] = -1
+    rows = np.sort(rng.integers(0, 100, 1000))
+    valid = np.ones(100, bool)
+    whole = batch(original, perturbed, rows, valid)
+    first = batch(original[rows < 50], perturbed[rows < 50], rows[rows < 50], valid[:50])
+    second = batch(original[rows >= 50], perturbed[rows >= 50], rows[rows >= 50] - 50, valid[50:])
+    merged = first.merge(second)
+    for name in ("rows", "tokens", "perturbed", "oov", "changed"):
+        assert getattr(merged, name) == getattr(whole, name)
+    for name in ("perturbed_per_row", "words_seen", "words_changed", "pairs"):
+        for a, b in zip(getattr(merged, name), getattr(whole, name)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_row_epsilon_quantiles_are_exact():
+    # 100 rows: 98 with 1 perturbed token, one with 5, one with 40
+    per_row = [1] * 98 + [5, 40]
+    rows = np.repeat(np.arange(100), per_row)
+    s = batch(np.zeros(len(rows), int), np.zeros(len(rows), int), rows, [True] * 100)
+    r = s.row_epsilon(2.0)
+    assert r["p50"] == 2.0 and r["p99"] == 10.0 and r["max"] == 80.0
+    assert r["mean"] == pytest.approx(2.0 * sum(per_row) / 100)
+    assert ColumnStatistics(10).row_epsilon(1.0)["max"] == 0.0
+
+
+def test_merge_counts_and_vocabulary_check():
+    keys, counts = merge_counts((np.array([1, 3]), np.array([2, 2])), (np.array([3, 4]), np.array([1, 7])))
+    assert keys.tolist() == [1, 3, 4] and counts.tolist() == [2, 3, 7]
+    with pytest.raises(ValueError):
+        ColumnStatistics(10).merge(ColumnStatistics(11))

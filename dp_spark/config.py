@@ -73,14 +73,16 @@ class OutputConfig:
 @dataclass(frozen=True)
 class EmbeddingsConfig:
     """``default`` (GloVe 6B 50d), ``text`` (GloVe/word2vec at ``path``) or
-    ``npy`` (matrix at ``path``, words in ``vocabulary``). ``words_only`` keeps
+    ``npy`` (matrix at ``path``, words in ``vocabulary``). ``vocab_size`` keeps
+    the first (most frequent) words: by default 100,000 of GloVe and all of a
+    file. ``words_only`` keeps
     only entries the tokenizer can produce as words (drops punctuation entries
     such as "," or "'s", so that no word is ever replaced by punctuation)."""
 
     source: str = "default"
     path: str | None = None
     vocabulary: str | None = None
-    vocab_size: int | None = 100_000
+    vocab_size: int | None = None
     words_only: bool = True
 
 

@@ -102,7 +102,7 @@ def write_table(spark: SparkSession, df: DataFrame, config: OutputConfig, run_id
             "partitionOverwriteMode", "dynamic"
         ).save(table)
         return table
-    staging = config.location(f"_staging/{run_id}")
+    staging = config.location(f"_staging-{run_id}")
     try:
         writer.mode("errorifexists").save(f"{staging}/table")
     except Exception:

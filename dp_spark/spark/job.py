@@ -29,7 +29,13 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from dp_spark.config import Config, load_config
-from dp_spark.ledger import LedgerEntry, RecompositionRefused, check_recomposition, partition_label
+from dp_spark.ledger import (
+    LedgerEntry,
+    RecompositionRefused,
+    check_recomposition,
+    partition_label,
+    row_key_label,
+)
 from dp_spark.randomness import seed_fingerprint
 from dp_spark.spark.io import HadoopFileSystem, read_input, write_table
 from dp_spark.spark.perturber import DPTextPerturber, SharedResources, input_kind, shared_resources
@@ -153,9 +159,11 @@ def _run(
 
     partition = partition_label(partitions)
     dataset = config.input.dataset_name
+    row_key = row_key_label(config.job.id_column)
     entries = _read_ledger(spark, locations["ledger"])
     totals = check_recomposition(
-        entries, dataset, partition, {c.name: c.epsilon for c in config.columns}, fingerprint, allow_recompose
+        entries, dataset, partition, {c.name: c.epsilon for c in config.columns}, fingerprint,
+        row_key, allow_recompose,
     )
     timer.lap("validated input, config and ledger")
 
@@ -199,7 +207,7 @@ def _run(
     recorded_at = _now()
     _append(spark, locations["ledger"], pd.DataFrame([
         dataclasses.asdict(LedgerEntry(run_id, dataset, partition, c.name, c.mechanism, c.epsilon,
-                                       fingerprint, recorded_at))
+                                       fingerprint, row_key, recorded_at))
         for c in config.columns
     ]))
     sc.setJobDescription(f"dp-spark {run_id}: write statistics")

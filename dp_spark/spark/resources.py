@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dp_spark.config import EmbeddingsConfig, IndexConfig
-from dp_spark.embeddings import Embeddings
+from dp_spark.embeddings import DEFAULT_VOCAB_SIZE, Embeddings
 from dp_spark.index import (
     NeighbourTable,
     build_index,
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def load_embeddings(config: EmbeddingsConfig) -> Embeddings:
     if config.source == "default":
-        embeddings = Embeddings.default(config.vocab_size or 100_000)
+        embeddings = Embeddings.default(config.vocab_size or DEFAULT_VOCAB_SIZE)
     elif config.source == "text":
         embeddings = Embeddings.from_text(config.path, config.vocab_size)
     else:

@@ -36,7 +36,7 @@ def test_defaults_and_types():
     assert config.input.format == "parquet" and config.output.mode == "overwrite"
     assert config.columns[0].epsilon == 10.0 and isinstance(config.columns[0].epsilon, float)
     assert config.columns[0].output_name == "text"
-    assert config.embeddings.vocab_size == 100_000 and config.index.neighbours == 64
+    assert config.embeddings.vocab_size is None and config.index.neighbours == 64
     assert config.job.min_count == 10 and config.job.udf == "arrow"
     assert parse_config(minimal(columns__output="add")).columns[0].output_name == "text_dp"
 

@@ -11,8 +11,8 @@ from dp_spark.ledger import (
 )
 
 
-def entry(partition="ds=1", column="text", fingerprint="aaa", epsilon=10.0, run="r1"):
-    return LedgerEntry(run, "reviews", partition, column, "mlap", epsilon, fingerprint, "2026-11-22")
+def entry(partition="ds=1", column="text", fingerprint="aaa", epsilon=10.0, run="r1", row_key="id:id"):
+    return LedgerEntry(run, "reviews", partition, column, "mlap", epsilon, fingerprint, row_key, "2026-11-22")
 
 
 def test_partition_labels_and_overlap():
@@ -25,25 +25,38 @@ def test_partition_labels_and_overlap():
 
 
 def test_replay_with_the_same_seed_is_allowed():
-    totals = check_recomposition([entry()], "reviews", "ds=1", {"text": 10.0}, "aaa", allow=False)
+    totals = check_recomposition([entry()], "reviews", "ds=1", {"text": 10.0}, "aaa", "id:id", allow=False)
     assert totals == {"text": 10.0}
 
 
 def test_new_seed_on_released_partition_is_refused_with_totals():
     with pytest.raises(RecompositionRefused, match=r"(?s)column .text.: run r1 .* total 20.*--allow-recompose"):
-        check_recomposition([entry()], "reviews", "ds=1", {"text": 10.0}, "bbb", allow=False)
+        check_recomposition([entry()], "reviews", "ds=1", {"text": 10.0}, "bbb", "id:id", allow=False)
     with pytest.raises(RecompositionRefused):
-        check_recomposition([entry(partition="*")], "reviews", "ds=1", {"text": 10.0}, "bbb", allow=False)
+        check_recomposition([entry(partition="*")], "reviews", "ds=1", {"text": 10.0}, "bbb", "id:id", allow=False)
 
 
 def test_other_partition_column_or_dataset_is_not_composition():
     entries = [entry(partition="ds=2"), entry(column="title")]
-    assert check_recomposition(entries, "reviews", "ds=1", {"text": 5.0}, "bbb", allow=False) == {"text": 5.0}
-    other = LedgerEntry("r", "other", "ds=1", "text", "mlap", 1.0, "zzz", "t")
-    assert check_recomposition([other], "reviews", "ds=1", {"text": 5.0}, "bbb", allow=False) == {"text": 5.0}
+    assert check_recomposition(entries, "reviews", "ds=1", {"text": 5.0}, "bbb", "id:id", allow=False) == {"text": 5.0}
+    other = LedgerEntry("r", "other", "ds=1", "text", "mlap", 1.0, "zzz", "id:id", "t")
+    assert check_recomposition([other], "reviews", "ds=1", {"text": 5.0}, "bbb", "id:id", allow=False) == {"text": 5.0}
 
 
 def test_allowed_recomposition_adds_up_each_seed_once():
     entries = [entry(), entry(run="r2"), entry(fingerprint="ccc", epsilon=3.0, run="r3")]
-    totals = check_recomposition(entries, "reviews", "ds=1", {"text": 10.0}, "bbb", allow=True)
+    totals = check_recomposition(entries, "reviews", "ds=1", {"text": 10.0}, "bbb", "id:id", allow=True)
     assert totals == {"text": 23.0}
+
+
+def test_same_seed_keyed_by_position_replays_only_the_same_selection():
+    """Position keys depend on which rows a run reads: the same seed over
+    another selection draws fresh noise for the rows both runs share."""
+    full = entry(partition="*", row_key="position")
+    assert check_recomposition([full], "reviews", "*", {"text": 10.0}, "aaa", "position", allow=False)
+    with pytest.raises(RecompositionRefused):
+        check_recomposition([full], "reviews", "ds=1", {"text": 10.0}, "aaa", "position", allow=False)
+    keyed = entry(partition="*")
+    assert check_recomposition([keyed], "reviews", "ds=1", {"text": 10.0}, "aaa", "id:id", allow=False)
+    with pytest.raises(RecompositionRefused):  # same seed, other keying: other noise
+        check_recomposition([keyed], "reviews", "*", {"text": 10.0}, "aaa", "position", allow=False)

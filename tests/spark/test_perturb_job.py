@@ -1,0 +1,240 @@
+"""The perturb job end to end on local[2]."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from chispa import assert_df_equality
+
+from dp_spark.embeddings import Embeddings
+from dp_spark.ledger import RecompositionRefused
+from dp_spark.spark.job import run
+from dp_spark.spark.perturber import InputColumnError
+from dp_spark.spark.resources import only_words
+from tests.spark.conftest import VOCAB_SIZE
+
+# The tokenizer's words: letters and digits, apostrophes inside.
+WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+SEED = b"test-seed-do-not-leak-3141592653"
+TEXTS = [
+    "The movie was terrible, said Maria in Paris.",
+    None,
+    "",
+    "Café in Zürich: the naïve barista said «très bien».",
+    "I'd call 555-0199 about order #123456 in Berlin!",
+    " ".join(["the good movie"] * 700),  # a very long row: 2,100 words
+]
+
+
+def reviews(n=240):
+    rows = []
+    for i in range(n):
+        text = TEXTS[i % len(TEXTS)]
+        tokens = None if i % 17 == 5 else ([] if i % 13 == 4 else (text or "a b").lower().split()[:8])
+        rows.append({"id": i, "ds": f"2026-11-{20 + i % 3}", "text": text, "tokens": tokens})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def input_path(spark, tmp_path):
+    path = tmp_path / "input"
+    spark.createDataFrame(reviews(), "id long, ds string, text string, tokens array<string>") \
+        .repartition(3).write.parquet(str(path))
+    return path
+
+
+COLUMNS = [
+    {"name": "text", "mechanism": "mlap", "epsilon": 8.0, "output": "add"},
+    {"name": "tokens", "mechanism": "tgumbel", "epsilon": 2000.0},
+]
+
+
+def read(spark, path, order="id"):
+    return spark.read.parquet(str(path)).orderBy(order)
+
+
+def test_end_to_end_string_and_array_columns(spark, make_config, input_path, tmp_path):
+    config = make_config(input_path, COLUMNS, job={"id_column": "id"})
+    result = run(spark, config, seed=SEED)
+    out = read(spark, result.locations["table"]).toPandas()
+    source = reviews()
+    assert len(out) == len(source)
+    assert list(out.columns[:4]) == ["id", "ds", "text", "tokens"] and "text_dp" in out.columns
+    out = out.set_index("id").loc[source["id"]]
+    assert out["text"].tolist() == source["text"].tolist()  # "add" keeps the input column
+    for original, perturbed in zip(source["text"], out["text_dp"]):
+        if original is None:
+            assert perturbed is None
+        else:
+            assert WORD.sub("", original) == WORD.sub("", perturbed)
+            assert len(WORD.findall(original)) == len(WORD.findall(perturbed))
+    for original, perturbed in zip(source["tokens"], out["tokens"]):
+        assert (original is None) == (perturbed is None)
+        if original is not None:
+            assert len(original) == len(perturbed)
+    assert (out["text_dp"] != out["text"]).any()
+    manifest = json.loads(Path(result.locations["manifest"]).read_text())
+    assert manifest["status"] == "succeeded" and manifest["rows"] == len(source)
+    assert manifest["seed_source"] == "given" and len(manifest["seed_fingerprint"]) == 32
+
+
+def test_seed_appears_nowhere_in_outputs_or_logs(spark, make_config, input_path, tmp_path, caplog):
+    caplog.set_level("DEBUG")
+    result = run(spark, make_config(input_path, COLUMNS), seed=SEED)
+    root = Path(result.locations["table"]).parent
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert SEED not in path.read_bytes(), path
+    assert SEED.decode() not in caplog.text
+
+
+def test_statistics_agree_with_independent_counts(spark, make_config, input_path, embeddings_files):
+    config = make_config(input_path, COLUMNS[:1], job={"min_count": 3})
+    result = run(spark, config, seed=SEED)
+    out = read(spark, result.locations["table"]).toPandas().set_index("id")
+    source = reviews().set_index("id").loc[out.index]
+    vectors, words = embeddings_files
+    vocabulary = set(only_words(Embeddings.from_npy(vectors, words)).words.tolist())
+    tokens = perturbed = changed = 0
+    pairs = Counter()
+    for original, output in zip(source["text"], out["text_dp"]):
+        before, after = WORD.findall(original or ""), WORD.findall(output or "")
+        assert len(before) == len(after)
+        for a, b in zip(before, after):
+            tokens += 1
+            if a.lower() in vocabulary:
+                perturbed += 1
+                if a.lower() != b.lower():
+                    changed += 1
+                    pairs[(a.lower(), b.lower())] += 1
+    privacy = pd.read_parquet(result.locations["privacy_stats"])
+    row = privacy[privacy["column"] == "text"].iloc[0]
+    assert (row["tokens"], row["tokens_perturbed"], row["tokens_changed"]) == (tokens, perturbed, changed)
+    assert row["tokens_oov"] == tokens - perturbed
+    assert row["rows"] == source["text"].notna().sum() and row["null_rows"] == source["text"].isna().sum()
+    assert row["substitution_rate"] == pytest.approx(changed / perturbed)
+    counts = pd.read_parquet(result.locations["substitution_stats"])
+    reported = {(r.original, r.substitute): r.count for r in counts.itertuples()}
+    assert reported == {pair: n for pair, n in pairs.items() if n >= 3}
+    assert row["pairs_suppressed"] == sum(1 for n in pairs.values() if n < 3)
+    assert row["row_epsilon_max"] == pytest.approx(8.0 * 2100)
+
+
+def test_small_counts_are_suppressed(spark, make_config, input_path):
+    result = run(spark, make_config(input_path, COLUMNS[:1], job={"min_count": 10**9}), seed=SEED)
+    assert not Path(result.locations["substitution_stats"]).exists()
+    assert not Path(result.locations["substitution_rates"]).exists()
+    row = pd.read_parquet(result.locations["privacy_stats"]).iloc[0]
+    assert row["pairs_reported"] == 0 and row["pairs_suppressed"] > 0
+
+
+def test_same_seed_same_output_other_seed_other_output(spark, make_config, input_path, tmp_path):
+    first = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "a"), seed=SEED)
+    again = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "b"), seed=SEED)
+    other = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "c"), seed=b"another seed")
+    table = lambda r: read(spark, r.locations["table"])  # noqa: E731
+    assert_df_equality(table(first), table(again))
+    assert table(first).exceptAll(table(other)).count() > 0
+
+
+def test_id_keys_make_output_independent_of_partitioning(spark, make_config, tmp_path):
+    frame = spark.createDataFrame(reviews(), "id long, ds string, text string, tokens array<string>")
+    frame.coalesce(1).write.parquet(str(tmp_path / "one"))
+    frame.repartition(4).write.parquet(str(tmp_path / "four"))
+    outputs = [
+        run(spark, make_config(tmp_path / name, COLUMNS, root=tmp_path / f"out-{name}", job={"id_column": "id"}),
+            seed=SEED)
+        for name in ("one", "four")
+    ]
+    assert_df_equality(*(read(spark, r.locations["table"]) for r in outputs))
+
+
+def test_arrow_and_pandas_udfs_agree(spark, make_config, input_path, tmp_path):
+    runs = [
+        run(spark, make_config(input_path, COLUMNS, root=tmp_path / kind, job={"udf": kind, "id_column": "id"}),
+            seed=SEED)
+        for kind in ("arrow", "pandas")
+    ]
+    assert_df_equality(*(read(spark, r.locations["table"]) for r in runs))
+
+
+def test_partition_overwrite_touches_only_its_partition(spark, make_config, input_path, tmp_path):
+    config = make_config(input_path, COLUMNS, output={"partition_by": ["ds"]}, job={"id_column": "id"})
+    first = run(spark, config, seed=SEED)
+    table = Path(first.locations["table"])
+    before = {p: sorted(f.name for f in p.iterdir()) for p in table.iterdir() if p.is_dir()}
+    assert len(before) == 3
+    replay = run(spark, config, partitions={"ds": "2026-11-21"}, seed=SEED)
+    after = {p: sorted(f.name for f in p.iterdir()) for p in table.iterdir() if p.is_dir()}
+    for partition, files in before.items():
+        if partition.name == "ds=2026-11-21":
+            assert after[partition] != files  # rewritten
+        else:
+            assert after[partition] == files  # untouched
+    full = read(spark, table).toPandas()
+    assert len(full) == len(reviews())
+    entries = pd.read_parquet(replay.locations["ledger"])
+    assert set(entries["partition"]) == {"*", "ds=2026-11-21"}
+
+
+def test_new_seed_on_released_data_is_refused(spark, make_config, input_path):
+    config = make_config(input_path, COLUMNS[:1])
+    run(spark, config, seed=SEED)
+    with pytest.raises(RecompositionRefused, match="column 'text'.*total 16"):
+        run(spark, config, seed=b"fresh")
+    recomposed = run(spark, config, seed=b"fresh", allow_recompose=True)
+    row = pd.read_parquet(recomposed.locations["privacy_stats"]).query(f"run_id == '{recomposed.run_id}'").iloc[0]
+    assert row["epsilon_total_per_token"] == 16.0
+    assert len(pd.read_parquet(recomposed.locations["ledger"])) == 2
+
+
+@pytest.mark.parametrize(
+    "columns, error",
+    [
+        ([{"name": "missing", "mechanism": "mlap", "epsilon": 8.0}], r"input has no column 'missing'"),
+        ([{"name": "id", "mechanism": "mlap", "epsilon": 8.0}], r"column 'id' has type bigint"),
+        ([{"name": "tokens", "mechanism": "mlap", "epsilon": 8.0, "kind": "string"}], r"configured as kind 'string'"),
+        ([{"name": "text", "mechanism": "tgumbel", "epsilon": 10.0}], r"epsilon_min"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written(spark, make_config, input_path, columns, error):
+    config = make_config(input_path, columns)
+    with pytest.raises(ValueError, match=error):
+        run(spark, config, seed=SEED)
+    root = Path(config.output.root)
+    assert not (root / "table").exists() and not (root / "ledger").exists()
+    (manifest,) = (root / "manifests").glob("*.json")
+    assert json.loads(manifest.read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("partitioned", [True, False])
+def test_failed_run_leaves_the_table_as_it_was(spark, make_config, tmp_path, partitioned):
+    """A task fails mid-write (a null id in the last rows); the table written
+    by the previous run is untouched and no partial file is visible."""
+    schema = "id long, ds string, text string, tokens array<string>"
+    good = reviews()
+    spark.createDataFrame(good, schema).repartition(3).write.parquet(str(tmp_path / "good"))
+    bad = good.copy()
+    bad["id"] = bad["id"].astype("Int64")
+    bad.loc[len(bad) - 1, "id"] = None
+    spark.createDataFrame(bad, schema).repartition(3).write.parquet(str(tmp_path / "bad"))
+    config = make_config(tmp_path / "good", COLUMNS, job={"id_column": "id"},
+                         output={"partition_by": ["ds"] if partitioned else []})
+    first = run(spark, config, seed=SEED)
+    table = Path(first.locations["table"])
+    snapshot = {p.relative_to(table): p.read_bytes() for p in table.rglob("*") if p.is_file()}
+    with pytest.raises(Exception, match="null value"):
+        run(spark, config.with_overrides(input_path=str(tmp_path / "bad")), seed=SEED)
+    assert {p.relative_to(table): p.read_bytes() for p in table.rglob("*") if p.is_file()} == snapshot
+    leftovers = [p for p in Path(config.output.root).rglob("*") if "staging" in p.name]
+    assert leftovers == []
+
+
+def test_vocabulary_size_fixture_is_small(embeddings_files):
+    vectors, _ = embeddings_files
+    assert Embeddings.from_npy(vectors, embeddings_files[1]).size == VOCAB_SIZE

@@ -15,9 +15,11 @@ REQUIRED_CONF = {
 
 
 def get_session(app_name: str, master: str | None = None, max_records_per_batch: int = 10_000) -> SparkSession:
-    """The active session (spark-submit made one) or a local one on loopback."""
+    """Under spark-submit, its session; otherwise a local one (``master``,
+    default ``$DP_SPARK_MASTER`` or local[2]) bound to loopback."""
     builder = SparkSession.builder.appName(app_name)
-    if master or not os.environ.get("SPARK_ENV_LOADED") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+    launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    if master or not launched_by_spark_submit:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         # Workers must run this interpreter (the one with dp-spark installed),
         # not whatever "python3" is first on the PATH.

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from dp_spark.mechanisms.base import DEFAULT_PLACEHOLDER, OOV_POLICIES, Mechanism, choice
 from dp_spark.randomness import TokenRandom
-from dp_spark.stats import ColumnStatistics
+from dp_spark.stats import StatisticsBuilder
 from dp_spark.tokenize import Vocabulary, has_word_character, match_case, segment
 
 INPUT_KINDS = ("string", "tokens")
@@ -41,19 +41,13 @@ class ColumnPerturbation:
         choice("kind", self.kind, INPUT_KINDS)
         choice("oov", self.oov, OOV_POLICIES)
 
-    def apply(self, column: pa.Array, random_for: RandomFactory) -> tuple[pa.Array, ColumnStatistics]:
+    def apply(self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder) -> pa.Array:
+        """The perturbed column; the batch's statistics are added to ``statistics``."""
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         if self.kind == "string":
-            return self._apply_to_strings(column, random_for)
-        return self._apply_to_token_lists(column, random_for)
-
-    def _perturb(
-        self, tokens: pa.Array, token_rows: np.ndarray, rows: int, random_for: RandomFactory
-    ) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.vocabulary.ids(tokens)
-        random = random_for(np.bincount(token_rows, minlength=rows))
-        return ids, self.mechanism.perturb(ids, random)
+            return self._apply_to_strings(column, random_for, statistics)
+        return self._apply_to_token_lists(column, random_for, statistics)
 
     def _outputs(self, tokens: pa.Array, ids: np.ndarray, new_ids: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         """Output text of every token, and which tokens survive (``drop``)."""
@@ -72,14 +66,17 @@ class ColumnPerturbation:
             kept = ids >= 0
         return pa.concat_arrays(pool).take(pa.array(source)), kept
 
-    def _apply_to_strings(self, column: pa.Array, random_for: RandomFactory) -> tuple[pa.Array, ColumnStatistics]:
+    def _apply_to_strings(
+        self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder
+    ) -> pa.Array:
         segments = segment(column)
         rows = len(column)
         segment_rows = np.repeat(np.arange(rows), np.diff(segments.row_offsets))
         word_positions = np.flatnonzero(segments.is_word)
         words = segments.values.take(pa.array(word_positions))
         token_rows = segment_rows[word_positions]
-        ids, new_ids = self._perturb(words, token_rows, rows, random_for)
+        ids = self.vocabulary.ids(words)
+        new_ids = self.mechanism.perturb(ids, random_for(np.bincount(token_rows, minlength=rows)))
         texts, kept = self._outputs(words, ids, new_ids)
         if not kept.all():
             texts = pc.if_else(pa.array(kept), texts, "")
@@ -93,28 +90,31 @@ class ColumnPerturbation:
         )
         if not segments.valid.all():
             joined = pc.if_else(pa.array(segments.valid), joined, pa.scalar(None, pa.string()))
-        statistics = ColumnStatistics.of_batch(
-            len(self.vocabulary),
-            valid_rows=segments.valid,
-            token_rows=token_rows,
-            original_ids=ids,
-            perturbed_ids=new_ids,
+        statistics.add_batch(
+            valid_rows=segments.valid, token_rows=token_rows, original_ids=ids, perturbed_ids=new_ids
         )
-        return joined.cast(column.type), statistics
+        return joined.cast(column.type)
 
     def _apply_to_token_lists(
-        self, column: pa.Array, random_for: RandomFactory
-    ) -> tuple[pa.Array, ColumnStatistics]:
+        self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder
+    ) -> pa.Array:
         rows = len(column)
         valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
         tokens = column.flatten().cast(pa.string())
         token_rows = np.repeat(np.arange(rows), lengths)
-        word = has_word_character(tokens)
+        ids = self.vocabulary.ids(pc.fill_null(tokens, ""))
+        # Vocabulary entries are words; of the rest, tokens without a letter
+        # or digit (punctuation, nulls) are skipped, the others are OOV words.
+        word = ids >= 0
+        outside = np.flatnonzero(~word)
+        word[outside] = has_word_character(tokens.take(pa.array(outside)))
         word_positions = np.flatnonzero(word)
-        words = tokens.take(pa.array(word_positions))
-        ids, new_ids = self._perturb(words, token_rows[word_positions], rows, random_for)
-        texts, kept = self._outputs(words, ids, new_ids)
+        words = tokens.take(pa.array(word_positions)) if len(outside) else tokens
+        word_ids = ids[word_positions] if len(outside) else ids
+        random = random_for(np.bincount(token_rows[word_positions], minlength=rows))
+        new_ids = self.mechanism.perturb(word_ids, random)
+        texts, kept = self._outputs(words, word_ids, new_ids)
         source = np.arange(len(tokens), dtype=np.int64)
         source[word_positions] = len(tokens) + np.arange(len(word_positions))
         out_tokens = pa.concat_arrays([tokens, texts]).take(pa.array(source))
@@ -127,12 +127,11 @@ class ColumnPerturbation:
         out = pa.ListArray.from_arrays(
             pa.array(offsets), out_tokens, mask=pa.array(~valid) if not valid.all() else None
         )
-        statistics = ColumnStatistics.of_batch(
-            len(self.vocabulary),
+        statistics.add_batch(
             valid_rows=valid,
             token_rows=token_rows[word_positions],
-            original_ids=ids,
+            original_ids=word_ids,
             perturbed_ids=new_ids,
             skipped=len(tokens) - len(word_positions),
         )
-        return out.cast(column.type), statistics
+        return out.cast(column.type)

@@ -68,24 +68,15 @@ class ColumnStatistics:
     ) -> "ColumnStatistics":
         """Statistics of one batch: ``token_rows[i]`` is the row of token i,
         ``original_ids``/``perturbed_ids`` its ids (-1 outside the vocabulary)."""
-        in_vocabulary = original_ids >= 0
-        changed = in_vocabulary & (perturbed_ids != original_ids)
-        per_row = np.bincount(token_rows[in_vocabulary], minlength=len(valid_rows))[valid_rows]
-        originals = original_ids[changed]
-        return cls(
-            vocab_size=vocab_size,
-            rows=int(valid_rows.sum()),
-            null_rows=int((~valid_rows).sum()),
-            tokens=len(original_ids),
-            perturbed=int(in_vocabulary.sum()),
-            oov=int((~in_vocabulary).sum()),
-            changed=int(changed.sum()),
+        builder = StatisticsBuilder(vocab_size)
+        builder.add_batch(
+            valid_rows=valid_rows,
+            token_rows=token_rows,
+            original_ids=original_ids,
+            perturbed_ids=perturbed_ids,
             skipped=skipped,
-            perturbed_per_row=count_keys(per_row),
-            words_seen=count_keys(original_ids[in_vocabulary]),
-            words_changed=count_keys(originals),
-            pairs=count_keys(originals * vocab_size + perturbed_ids[changed]),
         )
+        return builder.build()
 
     def merge(self, other: "ColumnStatistics") -> "ColumnStatistics":
         if other.vocab_size != self.vocab_size:
@@ -139,3 +130,74 @@ class ColumnStatistics:
         changed_of_word[np.searchsorted(words, changed_words)] = changed
         keep = seen >= min_count
         return words[keep], seen[keep], changed_of_word[keep]
+
+
+class StatisticsBuilder:
+    """Accumulates batches cheaply (dense counters, pair codes kept aside) and
+    sorts once in ``build``: per batch only bincounts, no sorting or merging."""
+
+    # Pair codes are compacted into counts when this many are pending.
+    COMPACT_AT = 4_000_000
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.counters = dict(rows=0, null_rows=0, tokens=0, perturbed=0, oov=0, changed=0, skipped=0)
+        self.per_row = np.zeros(1, np.int64)
+        self.seen = np.zeros(vocab_size, np.int64)
+        self.changed_words = np.zeros(vocab_size, np.int64)
+        self._pending_pairs: list[np.ndarray] = []
+        self._pending = 0
+        self._pairs = _empty()
+
+    def add_batch(
+        self,
+        *,
+        valid_rows: np.ndarray,
+        token_rows: np.ndarray,
+        original_ids: np.ndarray,
+        perturbed_ids: np.ndarray,
+        skipped: int = 0,
+    ) -> None:
+        in_vocabulary = original_ids >= 0
+        changed = in_vocabulary & (perturbed_ids != original_ids)
+        counters = self.counters
+        counters["rows"] += int(valid_rows.sum())
+        counters["null_rows"] += int(len(valid_rows) - valid_rows.sum())
+        counters["tokens"] += len(original_ids)
+        counters["perturbed"] += int(in_vocabulary.sum())
+        counters["oov"] += int(len(original_ids) - in_vocabulary.sum())
+        counters["changed"] += int(changed.sum())
+        counters["skipped"] += skipped
+        per_row = np.bincount(token_rows[in_vocabulary], minlength=len(valid_rows))[valid_rows]
+        row_counts = np.bincount(per_row)
+        if len(row_counts) > len(self.per_row):
+            row_counts[: len(self.per_row)] += self.per_row
+            self.per_row = row_counts
+        else:
+            self.per_row[: len(row_counts)] += row_counts
+        self.seen += np.bincount(original_ids[in_vocabulary], minlength=self.vocab_size)
+        originals = original_ids[changed]
+        self.changed_words += np.bincount(originals, minlength=self.vocab_size)
+        self._pending_pairs.append(originals * self.vocab_size + perturbed_ids[changed])
+        self._pending += len(originals)
+        if self._pending >= self.COMPACT_AT:
+            self._compact()
+
+    def _compact(self) -> None:
+        codes = np.concatenate(self._pending_pairs) if self._pending_pairs else np.zeros(0, np.int64)
+        self._pairs = merge_counts(self._pairs, count_keys(codes))
+        self._pending_pairs, self._pending = [], 0
+
+    def build(self) -> ColumnStatistics:
+        self._compact()
+        occupied = np.flatnonzero(self.per_row)
+        seen = np.flatnonzero(self.seen)
+        changed = np.flatnonzero(self.changed_words)
+        return ColumnStatistics(
+            vocab_size=self.vocab_size,
+            **self.counters,
+            perturbed_per_row=(occupied, self.per_row[occupied]),
+            words_seen=(seen, self.seen[seen]),
+            words_changed=(changed, self.changed_words[changed]),
+            pairs=self._pairs,
+        )

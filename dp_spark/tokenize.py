@@ -143,14 +143,15 @@ class Vocabulary:
         return len(self.words)
 
     def ids(self, tokens: pa.Array) -> np.ndarray:
-        """Ids (int64) of tokens, lowercased first; -1 outside the vocabulary.
-        Each distinct token is hashed once per batch (tokens are Zipfian)."""
+        """Ids (int64) of tokens, matched lowercased; -1 outside the vocabulary.
+        Tokens are Zipfian: each distinct token is lowercased and looked up
+        once per batch."""
         if len(tokens) == 0:
             return np.zeros(0, dtype=np.int64)
-        encoded = pc.dictionary_encode(pc.utf8_lower(tokens))
+        encoded = pc.dictionary_encode(tokens)
         if isinstance(encoded, pa.ChunkedArray):
             encoded = encoded.combine_chunks()
-        distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
+        distinct = pc.utf8_lower(encoded.dictionary).to_numpy(zero_copy_only=False)
         distinct_ids = self._lookup.get_indexer(distinct).astype(np.int64)
         indices = encoded.indices.to_numpy(zero_copy_only=False)
         return distinct_ids[indices]
@@ -161,13 +162,24 @@ class Vocabulary:
 
 def match_case(originals: pa.Array, substitutes: pa.Array) -> pa.Array:
     """Substitutes (lowercase vocabulary words) cased like the words they
-    replace: "Paris" -> "London", "NASA" -> "ESA", otherwise lowercase."""
+    replace: "Paris" -> "London", "NASA" -> "ESA", otherwise lowercase.
+    Only the originals with an uppercase letter are looked at (most words
+    in running text have none)."""
     if len(originals) == 0:
         return substitutes
-    upper = pc.and_(pc.utf8_is_upper(originals), pc.greater(pc.utf8_length(originals), 1))
-    title = pc.utf8_is_title(originals)
-    return pc.if_else(
-        upper,
-        pc.utf8_upper(substitutes),
-        pc.if_else(title, pc.utf8_capitalize(substitutes), substitutes),
+    cased = np.flatnonzero(
+        pc.fill_null(pc.invert(pc.utf8_is_lower(originals)), False).to_numpy(zero_copy_only=False)
     )
+    if len(cased) == 0:
+        return substitutes
+    words = originals.take(pa.array(cased))
+    replacements = substitutes.take(pa.array(cased))
+    upper = pc.and_(pc.utf8_is_upper(words), pc.greater(pc.utf8_length(words), 1))
+    recased = pc.if_else(
+        upper,
+        pc.utf8_upper(replacements),
+        pc.if_else(pc.utf8_is_title(words), pc.utf8_capitalize(replacements), replacements),
+    )
+    source = np.arange(len(substitutes), dtype=np.int64)
+    source[cased] = len(substitutes) + np.arange(len(cased))
+    return pa.concat_arrays([substitutes.cast(pa.string()), recased.cast(pa.string())]).take(pa.array(source))

@@ -38,7 +38,13 @@ from dp_spark.ledger import (
 )
 from dp_spark.randomness import seed_fingerprint
 from dp_spark.spark.io import HadoopFileSystem, read_input, write_table
-from dp_spark.spark.perturber import DPTextPerturber, SharedResources, input_kind, shared_resources
+from dp_spark.spark.perturber import (
+    DPTextPerturber,
+    SharedResources,
+    input_kind,
+    perturb_columns,
+    shared_resources,
+)
 from dp_spark.stats import ColumnStatistics
 
 log = logging.getLogger("dp_spark.perturb")
@@ -189,8 +195,8 @@ def _run(
         )
         if config.job.id_column:
             perturber.set(perturber.idCol, config.job.id_column)
-        df = perturber.transform(df)
         perturbers[column.name] = perturber
+    df = perturb_columns(df, list(perturbers.values()))
 
     sc.setJobDescription(f"dp-spark {run_id}: perturb and write table")
     log.info("perturbing %d column(s) and writing %s", len(perturbers), locations["table"])
@@ -376,6 +382,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         partitions = parse_partitions(args.partition)
     except ValueError as error:
         return _user_error(error)
+    started_here = SparkSession.getActiveSession() is None
     spark = get_session(
         f"dp-spark perturb {config.input.dataset_name}", args.master, config.job.max_records_per_batch
     )
@@ -386,7 +393,8 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     except USER_ERRORS as error:
         return _user_error(error)
     finally:
-        spark.stop()
+        if started_here:
+            spark.stop()
     print(f"run {result.run_id} succeeded: {result.manifest['rows']} rows")
     for name in ("table", "privacy_stats", "substitution_stats", "substitution_rates", "ledger", "manifest"):
         print(f"  {name:19s} {result.locations[name]}")

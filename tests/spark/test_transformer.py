@@ -49,3 +49,26 @@ def test_bad_parameters_fail_on_the_driver(spark, perturber):
         perturber.copy({perturber.mechanismParams: '{"radius": 2}'}).transform(df)
     with pytest.raises(ValueError, match="input has no column 'body'"):
         perturber.copy({perturber.inputCol: "body"}).transform(df)
+
+
+def test_custom_mechanism_runs_in_the_tasks(spark, embeddings_files):
+    """setCustomMechanism: a factory pickled into the tasks replaces the
+    registered mechanisms (here: every known word becomes the first word)."""
+    import numpy as np
+
+    from dp_spark.mechanisms.base import Mechanism
+
+    class FirstWord(Mechanism):
+        name = "first-word"
+
+        def _perturb_in_vocabulary(self, ids, rng):
+            return np.zeros_like(ids)
+
+    vectors, words = embeddings_files
+    stage = (
+        DPTextPerturber(inputCol="text", outputCol="text_dp", mechanism="first-word")
+        .setEmbeddings(EmbeddingsConfig(source="npy", path=str(vectors), vocabulary=str(words)))
+        .setCustomMechanism(lambda embeddings: FirstWord(embeddings, 1.0))
+    )
+    df = spark.createDataFrame([("The movie, zzqx!",)], "text string")
+    assert stage.transform(df).first().text_dp == "The the, zzqx!"

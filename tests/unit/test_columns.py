@@ -12,6 +12,7 @@ from dp_spark.columns import ColumnPerturbation
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms import build_mechanism
 from dp_spark.randomness import GeneratorRandom
+from dp_spark.stats import StatisticsBuilder
 from dp_spark.tokenize import Vocabulary
 
 WORDS = ["the", "movie", "was", "terrible", "great", "film", "paris", "london", "a", "good"]
@@ -28,6 +29,13 @@ def perturbation(embeddings, kind, oov="keep", epsilon=1.0):
     return ColumnPerturbation(mechanism, Vocabulary(embeddings.words), kind, oov)
 
 
+def apply(perturbation, column, random):
+    """The perturbed column and this batch's statistics."""
+    builder = StatisticsBuilder(len(perturbation.vocabulary))
+    out = perturbation.apply(column, random, builder)
+    return out, builder.build()
+
+
 def random_for(seed):
     return lambda per_row: GeneratorRandom(np.random.default_rng(seed), int(per_row.sum()))
 
@@ -36,7 +44,7 @@ TEXTS = ["The movie was terrible, said Zoe in Paris.", None, "", "  ", "good FIL
 
 
 def test_strings_keep_structure_and_count_tokens(embeddings):
-    out, stats = perturbation(embeddings, "string").apply(pa.array(TEXTS), random_for(1))
+    out, stats = apply(perturbation(embeddings, "string"), pa.array(TEXTS), random_for(1))
     out = out.to_pylist()
     assert out[1] is None and out[2] == "" and out[3] == "  "
     words = [re.findall(r"\w+", t or "") for t in TEXTS]
@@ -56,11 +64,11 @@ def test_strings_keep_structure_and_count_tokens(embeddings):
 
 
 def test_oov_replace_and_drop(embeddings):
-    replaced, _ = perturbation(embeddings, "string", "replace").apply(pa.array(["Zoe saw the film"]), random_for(2))
+    replaced, _ = apply(perturbation(embeddings, "string", "replace"), pa.array(["Zoe saw the film"]), random_for(2))
     assert replaced.to_pylist()[0].startswith("<unk> ")
-    dropped, _ = perturbation(embeddings, "string", "drop").apply(pa.array(["Zoe saw the film"]), random_for(2))
+    dropped, _ = apply(perturbation(embeddings, "string", "drop"), pa.array(["Zoe saw the film"]), random_for(2))
     assert dropped.to_pylist()[0].startswith("  ")
-    lists, stats = perturbation(embeddings, "tokens", "drop").apply(
+    lists, stats = apply(perturbation(embeddings, "tokens", "drop"), 
         pa.array([["zoe", "the", "xyz", "film"], None, []]), random_for(2)
     )
     assert [len(x) if x is not None else None for x in lists.to_pylist()] == [2, None, 0]
@@ -69,7 +77,7 @@ def test_oov_replace_and_drop(embeddings):
 
 def test_token_lists_keep_nulls_empties_and_punctuation(embeddings):
     column = pa.array([["The", ",", "movie", None, "zoe"], None, [], ["..."]])
-    out, stats = perturbation(embeddings, "tokens").apply(column, random_for(3))
+    out, stats = apply(perturbation(embeddings, "tokens"), column, random_for(3))
     assert out.type == column.type
     out = out.to_pylist()
     assert out[1] is None and out[2] == [] and out[3] == ["..."]
@@ -82,13 +90,13 @@ def test_token_lists_keep_nulls_empties_and_punctuation(embeddings):
 def test_same_random_source_same_output(embeddings):
     column = pa.array(TEXTS * 20)
     p = perturbation(embeddings, "string")
-    first, _ = p.apply(column, random_for(5))
-    again, _ = p.apply(column, random_for(5))
-    other, _ = p.apply(column, random_for(6))
+    first, _ = apply(p, column, random_for(5))
+    again, _ = apply(p, column, random_for(5))
+    other, _ = apply(p, column, random_for(6))
     assert first.equals(again) and not first.equals(other)
 
 
 def test_large_epsilon_changes_nothing(embeddings):
     column = pa.array(["The movie was terrible, said Zoe in Paris."])
-    out, stats = perturbation(embeddings, "string", epsilon=1e6).apply(column, random_for(0))
+    out, stats = apply(perturbation(embeddings, "string", epsilon=1e6), column, random_for(0))
     assert out.equals(column) and stats.changed == 0

@@ -37,7 +37,7 @@ def test_defaults_and_types():
     assert config.columns[0].epsilon == 10.0 and isinstance(config.columns[0].epsilon, float)
     assert config.columns[0].output_name == "text"
     assert config.embeddings.vocab_size is None and config.index.neighbours == 64
-    assert config.job.min_count == 10 and config.job.udf == "arrow"
+    assert config.job.min_count == 10 and config.job.udf == "map"
     assert parse_config(minimal(columns__output="add")).columns[0].output_name == "text_dp"
 
 
@@ -60,7 +60,7 @@ def test_options_become_strings_and_overrides_apply():
         ({"columns__params": {"radius": 1}}, r"unknown parameter\(s\) radius for mechanism 'mlap'; allowed: index_type, max_distance"),
         ({"index__type": "annoy"}, r"index\.type must be one of flat, hnsw, ivf; got 'annoy'"),
         ({"index__neighbours": 0}, r"index\.neighbours must be positive"),
-        ({"job__udf": "scalar"}, r"job\.udf must be one of arrow, pandas"),
+        ({"job__udf": "scalar"}, r"job\.udf must be one of map, arrow, pandas"),
         ({"job__min_count": True}, r"job\.min_count must be an integer"),
         ({"output__partition_by": "ds"}, r"output\.partition_by must be a list of strings"),
         ({"output__partition_by": ["text"]}, r"partition_by cannot include perturbed column\(s\) text"),

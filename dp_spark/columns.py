@@ -49,22 +49,34 @@ class ColumnPerturbation:
             return self._apply_to_strings(column, random_for, statistics)
         return self._apply_to_token_lists(column, random_for, statistics)
 
-    def _outputs(self, tokens: pa.Array, ids: np.ndarray, new_ids: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-        """Output text of every token, and which tokens survive (``drop``)."""
+    def _replacements(
+        self, words: pa.Array, ids: np.ndarray, new_ids: np.ndarray, base: int
+    ) -> tuple[list[pa.Array], np.ndarray]:
+        """Strings to append to a pool of ``base`` strings, and for each word
+        the pool index of its output (-1: the word stays as written).
+        Dropped OOV words point at an empty string."""
         changed = np.flatnonzero((ids >= 0) & (new_ids != ids))
-        replacements = match_case(
-            tokens.take(pa.array(changed)), self.vocabulary.strings(new_ids[changed])
-        )
-        source = np.arange(len(tokens), dtype=np.int64)
-        source[changed] = len(tokens) + np.arange(len(changed))
-        kept = np.ones(len(tokens), dtype=bool)
-        pool = [tokens.cast(pa.string()), replacements]
-        if self.oov == "replace":
-            source[ids < 0] = len(tokens) + len(changed)
-            pool.append(pa.array([self.placeholder], pa.string()))
-        elif self.oov == "drop":
-            kept = ids >= 0
-        return pa.concat_arrays(pool).take(pa.array(source)), kept
+        pieces = [
+            match_case(words.take(pa.array(changed)), self.vocabulary.strings(new_ids[changed])).cast(pa.string())
+        ]
+        where = np.full(len(words), -1, dtype=np.int64)
+        where[changed] = base + np.arange(len(changed))
+        if self.oov != "keep":
+            filler = self.placeholder if self.oov == "replace" else ""
+            pieces.append(pa.array([filler], pa.string()))
+            where[ids < 0] = base + len(changed)
+        return pieces, where
+
+    @staticmethod
+    def _assemble(pool: list[pa.Array], positions: np.ndarray, where: np.ndarray) -> pa.Array:
+        """The pool's first array with the strings at ``positions`` replaced
+        by the pool entries ``where`` points to (one take over the pool)."""
+        source = np.arange(len(pool[0]), dtype=np.int64)
+        replaced = where >= 0
+        source[positions[replaced]] = where[replaced]
+        if not replaced.any():
+            return pool[0]
+        return pa.concat_arrays(pool).take(pa.array(source))
 
     def _apply_to_strings(
         self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder
@@ -77,14 +89,9 @@ class ColumnPerturbation:
         token_rows = segment_rows[word_positions]
         ids = self.vocabulary.ids(words)
         new_ids = self.mechanism.perturb(ids, random_for(np.bincount(token_rows, minlength=rows)))
-        texts, kept = self._outputs(words, ids, new_ids)
-        if not kept.all():
-            texts = pc.if_else(pa.array(kept), texts, "")
-        out_segments = segments.values.cast(pa.string())
-        if len(word_positions):
-            source = np.arange(len(out_segments), dtype=np.int64)
-            source[word_positions] = len(out_segments) + np.arange(len(word_positions))
-            out_segments = pa.concat_arrays([out_segments, texts]).take(pa.array(source))
+        values = segments.values.cast(pa.string())
+        pieces, where = self._replacements(words, ids, new_ids, len(values))
+        out_segments = self._assemble([values, *pieces], word_positions, where)
         joined = pc.binary_join(
             pa.ListArray.from_arrays(pa.array(segments.row_offsets, pa.int32()), out_segments), ""
         )
@@ -114,13 +121,11 @@ class ColumnPerturbation:
         word_ids = ids[word_positions] if len(outside) else ids
         random = random_for(np.bincount(token_rows[word_positions], minlength=rows))
         new_ids = self.mechanism.perturb(word_ids, random)
-        texts, kept = self._outputs(words, word_ids, new_ids)
-        source = np.arange(len(tokens), dtype=np.int64)
-        source[word_positions] = len(tokens) + np.arange(len(word_positions))
-        out_tokens = pa.concat_arrays([tokens, texts]).take(pa.array(source))
-        keep_token = np.ones(len(tokens), dtype=bool)
-        keep_token[word_positions] = kept
-        if not keep_token.all():
+        pieces, where = self._replacements(words, word_ids, new_ids, len(tokens))
+        out_tokens = self._assemble([tokens, *pieces], word_positions, where)
+        if self.oov == "drop" and (word_ids < 0).any():
+            keep_token = np.ones(len(tokens), dtype=bool)
+            keep_token[word_positions[word_ids < 0]] = False
             out_tokens = out_tokens.filter(pa.array(keep_token))
             lengths = np.bincount(token_rows[keep_token], minlength=rows)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)

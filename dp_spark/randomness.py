@@ -25,7 +25,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 class TokenRandom(ABC):
-    """Uniform draws in the open interval (0, 1) for a batch of tokens."""
+    """Uniform draws in [0, 1) for a batch of tokens."""
 
     @property
     @abstractmethod
@@ -52,9 +52,7 @@ class GeneratorRandom(TokenRandom):
         return self._size
 
     def uniform(self, stream: int, columns: int, dtype: type = np.float64) -> np.ndarray:
-        draws = self.generator.random((self._size, columns), dtype=dtype)
-        # random() is in [0, 1); reflect to (0, 1] so that logs stay finite.
-        return np.subtract(dtype(1), draws, out=draws)
+        return self.generator.random((self._size, columns), dtype=dtype)
 
     def restrict(self, rows: np.ndarray) -> "GeneratorRandom":
         return GeneratorRandom(self.generator, len(rows))

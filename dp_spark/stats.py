@@ -8,8 +8,12 @@ holds one entry per distinct word or (original, substitute) pair, not per token.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dp_spark.mechanisms.base import Mechanism
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
@@ -201,3 +205,103 @@ class StatisticsBuilder:
             words_changed=(changed, self.changed_words[changed]),
             pairs=self._pairs,
         )
+
+
+# ---------------------------------------------------------------------------
+# Plausible deniability over the vocabulary (calibration): N_w and S_w.
+
+QUANTILES = (5, 25, 50, 75, 95)
+# Bands of frequency rank (GloVe ids are frequency ranks): [start, stop).
+FREQUENCY_BANDS = (("frequent", 0, 1_000), ("mid", 1_000, 10_000), ("rare", 10_000, None))
+
+
+def plausible_deniability(
+    mechanism: Mechanism,
+    word_ids: np.ndarray,
+    draws: int,
+    *,
+    seed: int = 0,
+    batch_tokens: int = 200_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """N_w (fraction of ``draws`` draws of M(w) equal to w) and S_w (distinct
+    outputs among them) for each word.
+
+    Draw j of word w uses the noise keyed by (seed, w, j), whatever the
+    mechanism's epsilon: sweeps over epsilon use common random numbers, so
+    the curves are smooth and, for mlap, N_w is monotone in epsilon draw by
+    draw (the noisy point moves along a fixed ray into w's convex Voronoi cell).
+    """
+    from dp_spark.randomness import KeyedRandom, mix64, token_keys
+
+    word_ids = np.asarray(word_ids, dtype=np.int64)
+    survival = np.empty(len(word_ids))
+    support = np.empty(len(word_ids), dtype=np.int64)
+    per_chunk = max(1, batch_tokens // draws)
+    for start in range(0, len(word_ids), per_chunk):
+        words = word_ids[start : start + per_chunk]
+        row_keys = mix64(words.astype(np.uint64) ^ mix64(np.uint64(seed)))
+        keys = token_keys(row_keys, np.full(len(words), draws))
+        out = mechanism.perturb(np.repeat(words, draws), KeyedRandom(keys)).reshape(len(words), draws)
+        survival[start : start + len(words)] = (out == words[:, None]).mean(axis=1)
+        ordered = np.sort(out, axis=1)
+        support[start : start + len(words)] = 1 + (np.diff(ordered, axis=1) != 0).sum(axis=1)
+    return survival, support
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+    """Mean and the QUANTILES of a statistic over words."""
+    values = np.asarray(values, dtype=float)
+    summary = {"mean": float(values.mean()) if len(values) else float("nan")}
+    for q in QUANTILES:
+        summary[f"p{q}"] = float(np.percentile(values, q)) if len(values) else float("nan")
+    return summary
+
+
+def frequency_band(word_ids: np.ndarray) -> np.ndarray:
+    """Band name of each word id (ids are frequency ranks)."""
+    word_ids = np.asarray(word_ids)
+    bands = np.empty(len(word_ids), dtype=object)
+    for name, start, stop in FREQUENCY_BANDS:
+        bands[(word_ids >= start) & (word_ids < (stop if stop is not None else np.inf))] = name
+    return bands
+
+
+def stratified_sample(vocab_size: int, size: int, seed: int = 0) -> np.ndarray:
+    """``size`` word ids, as evenly as possible from each frequency band
+    present, without replacement, sorted."""
+    rng = np.random.default_rng(seed)
+    bands = [(start, min(stop or vocab_size, vocab_size)) for _, start, stop in FREQUENCY_BANDS
+             if start < vocab_size]
+    chosen = []
+    remaining = size
+    for i, (start, stop) in enumerate(bands):
+        share = min(stop - start, remaining // (len(bands) - i))
+        chosen.append(rng.choice(np.arange(start, stop), size=share, replace=False))
+        remaining -= share
+    return np.sort(np.concatenate(chosen))
+
+
+def bisect_epsilon(
+    median_survival: Callable[[float], float],
+    target: float,
+    low: float,
+    high: float,
+    *,
+    relative_tolerance: float = 0.01,
+    max_steps: int = 40,
+) -> float | None:
+    """The epsilon in [low, high] where ``median_survival`` crosses ``target``
+    (it rises with epsilon), by bisection on log epsilon; None if the target
+    is outside the values at the ends."""
+    at_low, at_high = median_survival(low), median_survival(high)
+    if not at_low <= target <= at_high:
+        return None
+    for _ in range(max_steps):
+        if high / low - 1 <= relative_tolerance:
+            break
+        middle = float(np.sqrt(low * high))
+        if median_survival(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return float(np.sqrt(low * high))

@@ -17,7 +17,7 @@ def standard_normals(rng: TokenRandom, stream: int, count: int) -> np.ndarray:
     """(tokens, count) independent N(0, 1) draws, by the Box-Muller transform."""
     pairs = (count + 1) // 2
     u = rng.uniform(stream, 2 * pairs)
-    radius = np.sqrt(-2.0 * np.log(u[:, :pairs]))
+    radius = np.sqrt(-2.0 * np.log1p(-u[:, :pairs]))
     angle = (2.0 * np.pi) * u[:, pairs:]
     return np.hstack([radius * np.cos(angle), radius * np.sin(angle)])[:, :count]
 
@@ -36,20 +36,21 @@ def laplace_radii(rng: TokenRandom, stream: int, dim: int, epsilon: float) -> np
     With a uniform direction this gives noise of density proportional to
     exp(-epsilon ||y||) (the radial density r^(dim-1) e^(-epsilon r) over the
     sphere's surface factor r^(dim-1))."""
-    return -np.log(rng.uniform(stream, dim)).sum(axis=1) / epsilon
+    return -np.log1p(-rng.uniform(stream, dim)).sum(axis=1) / epsilon
 
 
 def truncated_gumbel(u: np.ndarray, scale: float, bound: float) -> np.ndarray:
     """Gumbel(0, scale) conditioned on |g| <= bound, by inverse CDF on the
     truncated range (exact, no rejection loop), from float32 uniforms in
-    (0, 1], transformed in place."""
+    [0, 1), transformed in place."""
     low = math.exp(-math.exp(bound / scale))
     high = math.exp(-math.exp(-bound / scale))
     u *= np.float32(high - low)
     u += np.float32(low)
-    g = np.log(u, out=u)
-    np.negative(g, out=g)
-    np.log(g, out=g)
+    with np.errstate(divide="ignore"):
+        g = np.log(u, out=u)
+        np.negative(g, out=g)
+        np.log(g, out=g)
     g *= np.float32(-scale)
     # In float32, low may round to 0 and high to 1, giving -inf/inf at the
     # ends: clipping maps them to the bounds they stand for. Float32 uniforms
@@ -79,8 +80,8 @@ def truncated_poisson_cdf(lam: float, max_k: int) -> np.ndarray:
 
 def sample_from_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draws of k (int64) from a table ``cdf[k] = P[K <= k]`` and
-    uniforms in (0, 1]: k = #{j : cdf[j] < u}."""
-    return np.searchsorted(cdf, u, side="left").astype(np.int64)
+    uniforms in [0, 1): k = #{j : cdf[j] <= u}."""
+    return np.searchsorted(cdf, u, side="right").astype(np.int64)
 
 
 def lambert_w0(x: float) -> float:

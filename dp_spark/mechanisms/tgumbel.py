@@ -127,6 +127,9 @@ class TruncatedGumbel(Mechanism):
             [np.zeros((size, 1), np.float32), neighbours.distances]
         )
         self._narrow_width = _cheapest_narrow_width(self.k_cdf, neighbours.k + 1)
+        # Row k: 0 over the first k + 1 candidates, +inf beyond (added to scores).
+        columns = np.arange(neighbours.k + 1)
+        self._beyond_k = np.where(columns[None, :] > columns[:, None], np.inf, 0).astype(np.float32)
         self._exact_index = None
 
     # Scoring works on (tokens x candidates) temporaries; chunks of this many
@@ -184,11 +187,14 @@ class TruncatedGumbel(Mechanism):
         """Column of argmin(d + g) over the first k + 1 columns of each row.
         Column j's noise is the j-th uniform of the token's noise stream,
         whatever the width of the matrix it is scored in."""
-        uniforms = rng.uniform(self.NOISE_STREAM, distances.shape[1], np.float32)
+        width = distances.shape[1]
+        uniforms = rng.uniform(self.NOISE_STREAM, width, np.float32)
         scores = truncated_gumbel(uniforms, self.scale, self.diameter)
         scores += distances
-        beyond_k = np.arange(distances.shape[1])[None, :] > k[:, None]
-        scores[beyond_k] = np.inf
+        if width <= len(self._beyond_k):
+            scores += self._beyond_k[np.minimum(k, width - 1), :width]
+        else:
+            scores[np.arange(width)[None, :] > k[:, None]] = np.inf
         return scores.argmin(axis=1)
 
     def describe(self) -> dict[str, Any]:

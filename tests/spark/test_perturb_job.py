@@ -14,7 +14,6 @@ from chispa import assert_df_equality
 from dp_spark.embeddings import Embeddings
 from dp_spark.ledger import RecompositionRefused
 from dp_spark.spark.job import run
-from dp_spark.spark.perturber import InputColumnError
 from dp_spark.spark.resources import only_words
 from tests.spark.conftest import VOCAB_SIZE
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m dp_spark <command>``.
 
-perturb   run the perturb job in local mode (same flags as spark-submit jobs/perturb.py)
-demo      perturb one sentence with each mechanism, no Spark
+perturb    run the perturb job in local mode (same flags as spark-submit jobs/perturb.py)
+calibrate  N_w / S_w against epsilon per mechanism: tables, plot, report (jobs/calibrate.py)
+demo       perturb one sentence with each mechanism, no Spark
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dp_spark.spark import job
+    from dp_spark.spark import calibrate, job
 
     parser = argparse.ArgumentParser(prog="dp_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     perturb = commands.add_parser("perturb", help="perturb text columns of a table (local Spark)")
     job.add_arguments(perturb)
     perturb.set_defaults(handler=job.run_from_arguments)
+    calibration = commands.add_parser("calibrate", help="N_w / S_w against epsilon (local Spark)")
+    calibrate.add_arguments(calibration)
+    calibration.set_defaults(handler=calibrate.run_from_arguments)
     demo_parser = commands.add_parser("demo", help="perturb a sentence with each mechanism")
     demo_parser.add_argument("--vocab-size", type=int, default=100_000)
     demo_parser.add_argument("--seed", type=int, default=0)

@@ -115,12 +115,18 @@ class JobConfig:
     without it rows are keyed by partition index and position. ``min_count``:
     substitution counts below it are suppressed. ``udf``: ``map`` (one
     mapInArrow pass for all columns, measured fastest), ``arrow`` or ``pandas``
-    (a column UDF each)."""
+    (a column UDF each). ``privacy_stats`` summarises N_w and S_w of each
+    column's mechanism over ``deniability_sample`` vocabulary words x
+    ``deniability_draws`` draws, or reads them from ``calibration_table`` (a
+    ``calibration_summary`` written by the calibrate job) when given."""
 
     id_column: str | None = None
     min_count: int = 10
     udf: str = "map"
     max_records_per_batch: int = 10_000
+    deniability_sample: int = 200
+    deniability_draws: int = 100
+    calibration_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,8 @@ _CHOICES = {
     (JobConfig, "udf"): UDF_KINDS,
 }
 _POSITIVE = {(IndexConfig, "neighbours"), (JobConfig, "min_count"), (EmbeddingsConfig, "vocab_size"),
-             (ColumnConfig, "epsilon"), (JobConfig, "max_records_per_batch")}
+             (ColumnConfig, "epsilon"), (JobConfig, "max_records_per_batch"),
+             (JobConfig, "deniability_sample"), (JobConfig, "deniability_draws")}
 
 
 def load_config(path: str | Path) -> Config:

@@ -44,7 +44,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "submit.sh: creating .venv (driver environment)" >&2
   "$python" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --quiet -e '.[plot]'
 fi
 
 fingerprint=$(cat pyproject.toml $(find dp_spark -name '*.py' | sort) | sha256sum | cut -c1-16)

@@ -40,11 +40,14 @@ class HadoopFileSystem:
             raise OSError(f"could not rename {source} to {target}")
 
     def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode("utf-8"))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
         """Write a small file whole: to a temporary name, then renamed into place."""
         temporary = f"{path}.tmp"
         stream = self._fs.create(self._path(temporary), True)
         try:
-            stream.write(bytearray(text.encode("utf-8")))
+            stream.write(bytearray(data))
         finally:
             stream.close()
         if self.exists(path):

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from dp_spark.config import Config, load_config
 from dp_spark.ledger import (
@@ -45,7 +46,7 @@ from dp_spark.spark.perturber import (
     perturb_columns,
     shared_resources,
 )
-from dp_spark.stats import ColumnStatistics
+from dp_spark.stats import QUANTILES, ColumnStatistics, plausible_deniability, stratified_sample, summarize
 
 log = logging.getLogger("dp_spark.perturb")
 
@@ -216,9 +217,13 @@ def _run(
                                        fingerprint, row_key, recorded_at))
         for c in config.columns
     ]))
+    deniability = {
+        c.name: _deniability(spark, config, runtime.mechanism(c.mechanism, c.epsilon, c.params))
+        for c in config.columns
+    }
     sc.setJobDescription(f"dp-spark {run_id}: write statistics")
     _write_statistics(spark, config, run_id, dataset, partition, statistics, described, totals,
-                      runtime.vocabulary.words, locations)
+                      deniability, runtime.vocabulary.words, locations)
     timer.lap("wrote ledger and statistics")
 
     manifest["rows"] = rows
@@ -265,6 +270,7 @@ def _write_statistics(
     statistics: dict[str, ColumnStatistics],
     described: dict[str, dict[str, Any]],
     totals: dict[str, float],
+    deniability: dict[str, dict[str, Any]],
     words: Any,
     locations: dict[str, str],
 ) -> None:
@@ -300,6 +306,7 @@ def _write_statistics(
             "min_count": min_count,
             "pairs_reported": len(counts),
             "pairs_suppressed": len(s.pairs[0]) - len(counts),
+            **deniability[column.name],
         })
         pair_frames.append(pd.DataFrame({
             "run_id": run_id, "column": column.name,
@@ -316,6 +323,31 @@ def _write_statistics(
     _append(spark, locations["privacy_stats"], pd.DataFrame(privacy_rows))
     _append(spark, locations["substitution_stats"], pd.concat(pair_frames, ignore_index=True))
     _append(spark, locations["substitution_rates"], pd.concat(rate_frames, ignore_index=True))
+
+
+def _deniability(spark: SparkSession, config: Config, mechanism: Any) -> dict[str, Any]:
+    """N_w and S_w summaries of the mechanism over the vocabulary (not over
+    the private data): from the calibration table when configured and it has
+    this mechanism and epsilon, else measured on a sample now."""
+    keys = [f"{stat}_{k}" for stat in ("nw", "sw") for k in ("mean", *(f"p{q}" for q in QUANTILES))]
+    table = config.job.calibration_table
+    if table:
+        found = (
+            spark.read.parquet(table)
+            .where(f"band = 'all' AND status = 'ok' AND mechanism = '{mechanism.name}'")
+            .where(F.abs(F.col("epsilon") - F.lit(mechanism.epsilon)) < 1e-9)
+            .limit(1).collect()
+        )
+        if found:
+            return {**{k: found[0][k] for k in keys}, "deniability_source": f"calibration table {table}"}
+        log.warning("%s has no row for %s at epsilon %g: measuring N_w/S_w on a sample",
+                    table, mechanism.name, mechanism.epsilon)
+    sample = stratified_sample(mechanism.embeddings.size, config.job.deniability_sample)
+    n_w, s_w = plausible_deniability(mechanism, sample, config.job.deniability_draws)
+    summary = {f"nw_{k}": v for k, v in summarize(n_w).items()}
+    summary.update({f"sw_{k}": v for k, v in summarize(s_w).items()})
+    source = f"{len(sample)} vocabulary words x {config.job.deniability_draws} draws"
+    return {**summary, "deniability_source": source}
 
 
 def _append(spark: SparkSession, path: str, frame: pd.DataFrame) -> None:

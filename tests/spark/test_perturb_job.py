@@ -122,6 +122,9 @@ def test_statistics_agree_with_independent_counts(spark, make_config, input_path
     assert reported == {pair: n for pair, n in pairs.items() if n >= 3}
     assert row["pairs_suppressed"] == sum(1 for n in pairs.values() if n < 3)
     assert row["row_epsilon_max"] == pytest.approx(8.0 * 2100)
+    # plausible deniability of the mechanism over the vocabulary
+    assert 0 <= row["nw_p5"] <= row["nw_p50"] <= row["nw_p95"] <= 1 and row["sw_p50"] >= 1
+    assert row["deniability_source"] == "200 vocabulary words x 100 draws"
 
 
 def test_small_counts_are_suppressed(spark, make_config, input_path):

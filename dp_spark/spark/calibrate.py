@@ -1,0 +1,273 @@
+"""The calibrate job: N_w and S_w over a vocabulary sample for mechanisms x
+epsilons, in parallel on Spark (rows are (mechanism, epsilon, word), spread
+over partitions), then tables, a plot and a report.
+
+Under the output root:
+    calibration_words/        one row per (mechanism, epsilon, word): N_w, S_w, band (Parquet; .csv beside)
+    calibration_summary/      one row per (mechanism, epsilon, band), refused epsilons with reasons
+    calibration.png           N_w and S_w quantile bands against epsilon
+    calibration.md            the report, with the epsilon for the target median N_w
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
+
+from dp_spark.calibration import Refusal, bracket, describe_crossing, plot, report, summary_table
+from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config
+from dp_spark.mechanisms import MECHANISMS
+from dp_spark.spark.io import HadoopFileSystem
+from dp_spark.spark.perturber import SharedResources, shared_resources
+from dp_spark.spark.resources import runtime_for
+from dp_spark.stats import bisect_epsilon, frequency_band, plausible_deniability, stratified_sample
+
+log = logging.getLogger("dp_spark.calibrate")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    mechanisms: tuple[str, ...]
+    epsilons: tuple[float, ...]
+    sample_size: int = 1000
+    draws: int = 500
+    seed: int = 0
+    target_nw: float = 0.5
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The bisection evaluates N_w at new epsilons: on a smaller sample, for time.
+    bisect_sample: int = 200
+    bisect_draws: int = 200
+
+
+def calibrate(
+    spark: SparkSession,
+    settings: CalibrationSettings,
+    output_root: str,
+    embeddings: EmbeddingsConfig | None = None,
+    index: IndexConfig | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    embeddings = embeddings or EmbeddingsConfig()
+    index = index or IndexConfig()
+    shared = shared_resources(
+        spark,
+        embeddings,
+        index,
+        {settings.params.get("mlap", {}).get("index_type", index.type)} if "mlap" in settings.mechanisms else set(),
+        "tgumbel" in settings.mechanisms,
+    )
+    runtime = shared.runtime()
+    vocabulary = runtime.vocabulary
+    words = stratified_sample(len(vocabulary), settings.sample_size, settings.seed)
+
+    valid, refusals, details, floors = [], [], {}, {}
+    for name in settings.mechanisms:
+        for epsilon in settings.epsilons:
+            try:
+                mechanism = runtime.mechanism(name, epsilon, settings.params.get(name, {}))
+            except ValueError as error:
+                refusals.append(Refusal(name, epsilon, str(error)))
+                continue
+            described = mechanism.describe()
+            details[(name, float(epsilon))] = described
+            if "epsilon_min" in described:
+                floors[name] = described["epsilon_min"]
+            valid.append((name, float(epsilon)))
+        if name == "tgumbel" and name not in floors:
+            floors[name] = _tgumbel_floor(runtime)
+    log.info("calibrating %d (mechanism, epsilon) pairs over %d words x %d draws; %d refused",
+             len(valid), len(words), settings.draws, len(refusals))
+
+    spark.sparkContext.setJobDescription("dp-spark calibrate: N_w and S_w per word")
+    measured = _measure(spark, shared, settings, valid, words)
+    measured["word"] = vocabulary.words.take(pa.array(measured["word_id"].to_numpy())).to_pylist()
+    measured["band"] = frequency_band(measured["word_id"].to_numpy())
+    summary = summary_table(measured, refusals, details)
+
+    crossings = {}
+    for name in settings.mechanisms:
+        grid = summary[summary["mechanism"] == name]
+        found = None
+        limits = bracket(grid, settings.target_nw)
+        if limits is not None:
+            found = _bisect(runtime, name, settings, words, limits)
+        crossings[name] = describe_crossing(name, found, grid, settings.target_nw, floors.get(name))
+        log.info("%s: median N_w = %g at %s", name, settings.target_nw, crossings[name])
+
+    fs = HadoopFileSystem(spark, output_root)
+    locations = {name: f"{output_root.rstrip('/')}/{name}" for name in
+                 ("calibration_words", "calibration_summary", "calibration.png", "calibration.md")}
+    for name, frame in (("calibration_words", measured), ("calibration_summary", summary)):
+        df = spark.createDataFrame(frame)
+        # An all-null column (no refusal: no reason) has no type; call it a string.
+        df = df.select([
+            df[f.name].cast("string") if isinstance(f.dataType, T.NullType) else df[f.name] for f in df.schema
+        ]).coalesce(1)
+        df.write.mode("overwrite").parquet(locations[name])
+        df.write.mode("overwrite").option("header", "true").csv(locations[name] + ".csv")
+    try:
+        fs.write_bytes(locations["calibration.png"], plot(summary, floors))
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'dp-spark[plot]'): no plot written")
+        del locations["calibration.png"]
+    text = report(summary, crossings, {
+        "sample_size": len(words), "draws": settings.draws, "seed": settings.seed,
+        "embeddings": f"{embeddings.source}, {len(vocabulary)} words", "command": command,
+    }, settings.target_nw)
+    fs.write_bytes(locations["calibration.md"], text.encode("utf-8"))
+    return {"locations": locations, "summary": summary, "words": measured, "crossings": crossings}
+
+
+def _tgumbel_floor(runtime: Any) -> float:
+    from dp_spark.mechanisms.tgumbel import minimum_epsilon
+
+    table = runtime._resources.neighbours
+    return minimum_epsilon(len(runtime.vocabulary), table.min_distance)
+
+
+def _measure(
+    spark: SparkSession,
+    shared: SharedResources,
+    settings: CalibrationSettings,
+    valid: list[tuple[str, float]],
+    words: np.ndarray,
+) -> pd.DataFrame:
+    schema = T.StructType([
+        T.StructField("mechanism", T.StringType()),
+        T.StructField("epsilon", T.DoubleType()),
+        T.StructField("word_id", T.LongType()),
+    ])
+    out_schema = T.StructType([*schema.fields, T.StructField("n_w", T.DoubleType()), T.StructField("s_w", T.LongType())])
+    if not valid:
+        return pd.DataFrame({f.name: [] for f in out_schema.fields})
+    rows = pd.DataFrame(
+        [(name, epsilon, int(w)) for name, epsilon in valid for w in words],
+        columns=["mechanism", "epsilon", "word_id"],
+    )
+    partitions = max(2, spark.sparkContext.defaultParallelism * 4)
+    broadcast, broadcast_id = shared.broadcast, shared.broadcast._jbroadcast.id()
+    params, draws, seed = settings.params, settings.draws, settings.seed
+
+    def measure(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        runtime = runtime_for(broadcast, broadcast_id, 1)
+        for batch in batches:
+            frame = batch.to_pandas()
+            for (name, epsilon), group in frame.groupby(["mechanism", "epsilon"], sort=False):
+                mechanism = runtime.mechanism(name, float(epsilon), params.get(name, {}))
+                n_w, s_w = plausible_deniability(mechanism, group["word_id"].to_numpy(), draws, seed=seed)
+                yield pa.RecordBatch.from_pandas(
+                    group.assign(n_w=n_w, s_w=s_w.astype(np.int64)), preserve_index=False
+                )
+
+    df = spark.createDataFrame(rows, schema).repartition(partitions)
+    return df.mapInArrow(measure, out_schema).toPandas().sort_values(["mechanism", "epsilon", "word_id"],
+                                                                      ignore_index=True)
+
+
+def _bisect(runtime: Any, name: str, settings: CalibrationSettings, words: np.ndarray,
+            limits: tuple[float, float]) -> float | None:
+    rng = np.random.default_rng(settings.seed)
+    subsample = np.sort(rng.choice(words, size=min(settings.bisect_sample, len(words)), replace=False))
+
+    def median_survival(epsilon: float) -> float:
+        mechanism = runtime.mechanism(name, epsilon, settings.params.get(name, {}))
+        n_w, _ = plausible_deniability(mechanism, subsample, settings.bisect_draws, seed=settings.seed)
+        return float(np.median(n_w))
+
+    return bisect_epsilon(median_survival, settings.target_nw, *limits)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mechanisms", default="tgumbel,mlap", help="comma-separated mechanism names")
+    parser.add_argument("--epsilons", default="1,2,5,10,20,40,100,200", help="comma-separated epsilon grid")
+    parser.add_argument("--output", default="output/calibration", help="output root")
+    parser.add_argument("--sample", type=int, default=1000, help="vocabulary words, stratified by frequency")
+    parser.add_argument("--draws", type=int, default=500, help="draws per word")
+    parser.add_argument("--target-nw", type=float, default=0.5, help="median N_w to find epsilon for")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the draws (public)")
+    parser.add_argument("--param", action="append", default=[], metavar="MECHANISM.KEY=VALUE",
+                        help="mechanism parameter, e.g. mlap.max_distance=7.5 (repeatable)")
+    parser.add_argument("--config", help="a job config whose [embeddings] and [index] to use")
+    parser.add_argument("--master", help="Spark master for local runs (default local[2])")
+
+
+def parse_settings(args: argparse.Namespace) -> CalibrationSettings:
+    mechanisms = tuple(m.strip() for m in args.mechanisms.split(",") if m.strip())
+    unknown = [m for m in mechanisms if m not in MECHANISMS]
+    if unknown or not mechanisms:
+        raise ValueError(f"--mechanisms must name some of {', '.join(sorted(MECHANISMS))}; got {args.mechanisms!r}")
+    try:
+        epsilons = tuple(sorted({float(e) for e in args.epsilons.split(",") if e.strip()}))
+    except ValueError:
+        raise ValueError(f"--epsilons must be comma-separated numbers; got {args.epsilons!r}") from None
+    if not epsilons or min(epsilons) <= 0:
+        raise ValueError(f"--epsilons must be positive numbers; got {args.epsilons!r}")
+    if not 0 < args.target_nw < 1:
+        raise ValueError(f"--target-nw must be between 0 and 1; got {args.target_nw}")
+    if args.sample < 1 or args.draws < 2:
+        raise ValueError("--sample must be >= 1 and --draws >= 2")
+    params: dict[str, dict[str, Any]] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        mechanism, dot, name = key.partition(".")
+        if not sep or not dot or mechanism not in mechanisms:
+            raise ValueError(f"--param expects MECHANISM.KEY=VALUE for a calibrated mechanism; got {item!r}")
+        params.setdefault(mechanism, {})[name] = _number(value)
+    return CalibrationSettings(mechanisms, epsilons, args.sample, args.draws, args.seed, args.target_nw, params)
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_from_arguments(args: argparse.Namespace) -> int:
+    from dp_spark.spark.job import USER_ERRORS, _user_error
+    from dp_spark.spark.session import get_session
+
+    try:
+        settings = parse_settings(args)
+        config = load_config(args.config) if args.config else None
+    except ValueError as error:
+        return _user_error(error)
+    started_here = SparkSession.getActiveSession() is None
+    spark = get_session("dp-spark calibrate", args.master)
+    try:
+        result = calibrate(
+            spark, settings, args.output,
+            config.embeddings if config else None, config.index if config else None,
+            command="python -m dp_spark calibrate " + " ".join(sys.argv[2:]),
+        )
+    except USER_ERRORS as error:
+        return _user_error(error)
+    finally:
+        if started_here:
+            spark.stop()
+    print("calibration written:")
+    for name, location in result["locations"].items():
+        print(f"  {name:20s} {location}")
+    for name, text in result["crossings"].items():
+        print(f"  median N_w = {settings.target_nw:g}, {name}: {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dp_spark.spark.job import configure_logging
+
+    parser = argparse.ArgumentParser(prog="calibrate", description="N_w / S_w against epsilon.")
+    add_arguments(parser)
+    configure_logging()
+    return run_from_arguments(parser.parse_args(argv))

@@ -130,8 +130,7 @@ def calibrate(
 def _tgumbel_floor(runtime: Any) -> float:
     from dp_spark.mechanisms.tgumbel import minimum_epsilon
 
-    table = runtime._resources.neighbours
-    return minimum_epsilon(len(runtime.vocabulary), table.min_distance)
+    return minimum_epsilon(len(runtime.vocabulary), runtime.neighbours.min_distance)
 
 
 def _measure(
@@ -235,14 +234,14 @@ def _number(text: str) -> Any:
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
-    from dp_spark.spark.job import USER_ERRORS, _user_error
+    from dp_spark.spark.job import USER_ERRORS, user_error
     from dp_spark.spark.session import get_session
 
     try:
         settings = parse_settings(args)
         config = load_config(args.config) if args.config else None
     except ValueError as error:
-        return _user_error(error)
+        return user_error(error)
     started_here = SparkSession.getActiveSession() is None
     spark = get_session("dp-spark calibrate", args.master)
     try:
@@ -252,7 +251,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
             command="python -m dp_spark calibrate " + " ".join(sys.argv[2:]),
         )
     except USER_ERRORS as error:
-        return _user_error(error)
+        return user_error(error)
     finally:
         if started_here:
             spark.stop()

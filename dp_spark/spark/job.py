@@ -413,7 +413,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         config = load_config(args.config).with_overrides(args.input, args.output)
         partitions = parse_partitions(args.partition)
     except ValueError as error:
-        return _user_error(error)
+        return user_error(error)
     started_here = SparkSession.getActiveSession() is None
     spark = get_session(
         f"dp-spark perturb {config.input.dataset_name}", args.master, config.job.max_records_per_batch
@@ -423,7 +423,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
             spark, config, partitions, args.seed.encode() if args.seed else None, args.allow_recompose
         )
     except USER_ERRORS as error:
-        return _user_error(error)
+        return user_error(error)
     finally:
         if started_here:
             spark.stop()
@@ -436,7 +436,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
 USER_ERRORS = (ValueError, RecompositionRefused, FileExistsError)
 
 
-def _user_error(error: BaseException) -> int:
+def user_error(error: BaseException) -> int:
     log.debug("user error", exc_info=error)
     print(f"dp-spark: error: {error}", file=sys.stderr)
     return 2

@@ -82,12 +82,16 @@ class Runtime:
         self._indexes: dict[str, Any] = {}
         self._mechanisms: dict[tuple, Mechanism] = {}
 
+    @property
+    def neighbours(self) -> NeighbourTable | None:
+        return self._resources.neighbours
+
     def mechanism(self, name: str, epsilon: float, params: dict[str, Any]) -> Mechanism:
         key = (name, epsilon, tuple(sorted(params.items())))
         if key not in self._mechanisms:
             extra: dict[str, Any] = {}
             if name == "tgumbel":
-                extra["neighbours"] = self._resources.neighbours
+                extra["neighbours"] = self.neighbours
             if name == "mlap":
                 kind = params.get("index_type", "flat")
                 if kind not in self._indexes:

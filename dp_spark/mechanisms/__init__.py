@@ -7,17 +7,27 @@ from typing import Any
 
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms.base import Mechanism
+from dp_spark.mechanisms.custext import CusText
+from dp_spark.mechanisms.kde import KernelDensity
+from dp_spark.mechanisms.mahalanobis import Mahalanobis
 from dp_spark.mechanisms.mlap import MultivariateLaplace
+from dp_spark.mechanisms.santext import SanText
+from dp_spark.mechanisms.tem import TruncatedExponential
 from dp_spark.mechanisms.tgumbel import TruncatedGumbel
+from dp_spark.mechanisms.vickrey import Vickrey
 
 MECHANISMS: dict[str, type[Mechanism]] = {
-    cls.name: cls for cls in (MultivariateLaplace, TruncatedGumbel)
+    cls.name: cls
+    for cls in (
+        MultivariateLaplace, TruncatedGumbel, KernelDensity, Mahalanobis, Vickrey,
+        TruncatedExponential, SanText, CusText,
+    )
 }
 
 
 def mechanism_parameters(name: str) -> tuple[str, ...]:
     """Keyword parameters the mechanism ``name`` accepts besides epsilon."""
-    signature = inspect.signature(_mechanism_class(name).__init__)
+    signature = inspect.signature(mechanism_class(name).__init__)
     return tuple(
         p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
     )
@@ -28,7 +38,7 @@ def build_mechanism(name: str, embeddings: Embeddings, epsilon: float, **params:
 
     Raises ``ValueError`` naming the parameter for an unknown name, an unknown
     parameter or an invalid value."""
-    cls = _mechanism_class(name)
+    cls = mechanism_class(name)
     allowed = mechanism_parameters(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
@@ -39,7 +49,7 @@ def build_mechanism(name: str, embeddings: Embeddings, epsilon: float, **params:
     return cls(embeddings, epsilon, **params)
 
 
-def _mechanism_class(name: str) -> type[Mechanism]:
+def mechanism_class(name: str) -> type[Mechanism]:
     try:
         return MECHANISMS[name]
     except (KeyError, TypeError):
@@ -48,4 +58,4 @@ def _mechanism_class(name: str) -> type[Mechanism]:
         ) from None
 
 
-__all__ = ["MECHANISMS", "Mechanism", "build_mechanism", "mechanism_parameters"]
+__all__ = ["MECHANISMS", "Mechanism", "build_mechanism", "mechanism_class", "mechanism_parameters"]

@@ -25,6 +25,9 @@ class Mechanism(ABC):
     """
 
     name: ClassVar[str]
+    # What the job must build and broadcast for this mechanism.
+    needs_index: ClassVar[bool] = False
+    needs_neighbours: ClassVar[bool] = False
 
     def __init__(self, embeddings: Embeddings, epsilon: float) -> None:
         self.embeddings = embeddings
@@ -107,6 +110,10 @@ def fraction(name: str, value: Any) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return float(value)
+
+
+def optional_fraction(name: str, value: Any) -> float | None:
+    return None if value is None else fraction(name, value)
 
 
 def choice(name: str, value: Any, allowed: Sequence[str]) -> str:

@@ -33,6 +33,7 @@ from dp_spark.randomness import TokenRandom, as_token_random
 
 class MultivariateLaplace(Mechanism):
     name = "mlap"
+    needs_index = True
 
     def __init__(
         self,
@@ -64,12 +65,16 @@ class MultivariateLaplace(Mechanism):
         return gamma_upper_regularized(self.embeddings.dim, self.epsilon * self.max_distance)
 
     DIRECTION_STREAM, RADIUS_STREAM = 0, 1
+    # Elliptical mechanisms (mahalanobis) set a matrix S: noise r S u.
+    noise_shape: np.ndarray | None = None
 
     def noisy_vectors(self, ids: np.ndarray, rng: np.random.Generator | TokenRandom) -> np.ndarray:
         """phi(w) + r u for each id (float32, (len(ids), n))."""
         rng = as_token_random(rng, len(ids))
         dim = self.embeddings.dim
         noise = uniform_directions(rng, self.DIRECTION_STREAM, dim)
+        if self.noise_shape is not None:
+            noise = noise @ self.noise_shape  # S is symmetric: rows u S = (S u)^T
         radii = laplace_radii(rng, self.RADIUS_STREAM, dim, self.epsilon)
         if self.max_distance is not None:
             np.minimum(radii, self.max_distance, out=radii)

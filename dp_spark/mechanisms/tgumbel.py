@@ -28,6 +28,13 @@ epsilon: the utility comes from the kNN truncation.
 
 No search on the hot path: candidates and distances are gathered from the
 neighbour table; only the rare k > K falls back to an exact scan.
+
+``max_distance`` R replaces the kNN truncation by distance truncation
+(FLAIRS 2021, "research challenges"): the candidates are w and every word
+within distance R of it (no Poisson draw), scored the same way. The support
+then depends on the input's neighbourhood, so the kNN calibration's claim does
+not carry over: no guarantee is derived for this variant (unverified);
+words with no neighbour within R are never changed.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from dp_spark.index import (
     nearest_other_words,
     neighbour_table,
 )
-from dp_spark.mechanisms.base import Mechanism
+from dp_spark.mechanisms.base import Mechanism, optional_positive_float
 from dp_spark.mechanisms.noise import (
     lambert_w0,
     sample_from_cdf,
@@ -92,15 +99,18 @@ def _cheapest_narrow_width(k_cdf: np.ndarray, full_width: int) -> int:
 
 class TruncatedGumbel(Mechanism):
     name = "tgumbel"
+    needs_neighbours = True
 
     def __init__(
         self,
         embeddings: Embeddings,
         epsilon: float,
         *,
+        max_distance: float | None = None,
         neighbours: NeighbourTable | None = None,
     ) -> None:
         super().__init__(embeddings, epsilon)
+        self.max_distance = optional_positive_float("max_distance", max_distance)
         if embeddings.size < 2:
             raise ValueError("the truncated Gumbel mechanism needs at least 2 vocabulary words")
         if neighbours is None:
@@ -146,8 +156,20 @@ class TruncatedGumbel(Mechanism):
             chunks.append(self._perturb_chunk(ids[rows], rng.restrict(rows)))
         return np.concatenate(chunks)
 
+    def _candidate_counts(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
+        """k per token: a Poisson draw, or the number of words within max_distance."""
+        if self.max_distance is None:
+            return sample_from_cdf(self.k_cdf, rng.uniform(self.K_STREAM, 1)[:, 0])
+        k = (self._candidate_distances[ids, 1:] <= self.max_distance).sum(axis=1)
+        full = np.flatnonzero(k == self.neighbours.k)
+        if len(full):  # the whole table row is within R: count the rest exactly
+            vectors = self.embeddings.vectors.astype(np.float64)
+            for i in full:
+                k[i] = int((np.linalg.norm(vectors - vectors[ids[i]], axis=1) <= self.max_distance).sum()) - 1
+        return k
+
     def _perturb_chunk(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
-        k = sample_from_cdf(self.k_cdf, rng.uniform(self.K_STREAM, 1)[:, 0])
+        k = self._candidate_counts(ids, rng)
         narrow = k < self._narrow_width
         if narrow.all():
             return self._choose_from_table(ids, k, self._narrow_width, rng)
@@ -211,4 +233,6 @@ class TruncatedGumbel(Mechanism):
             "delta_max": self.diameter,
             "vocab_size": size,
             "neighbours": self.neighbours.k,
+            "truncation": "knn" if self.max_distance is None else "distance",
+            "max_distance": self.max_distance,
         }

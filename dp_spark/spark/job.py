@@ -39,6 +39,7 @@ from dp_spark.ledger import (
 )
 from dp_spark.randomness import seed_fingerprint
 from dp_spark.spark.io import HadoopFileSystem, read_input, write_table
+from dp_spark.spark.resources import complete_params, resource_needs
 from dp_spark.spark.perturber import (
     DPTextPerturber,
     SharedResources,
@@ -185,7 +186,7 @@ def _run(
                 outputCol=column.output_name,
                 mechanism=column.mechanism,
                 epsilon=column.epsilon,
-                mechanismParams=json.dumps(column.params),
+                mechanismParams=json.dumps(_params(config, column)),
                 inputKind=kinds[column.name],
                 oov=column.oov,
                 placeholder=column.placeholder,
@@ -209,7 +210,7 @@ def _run(
     rows = first.rows + first.null_rows
     runtime = shared.runtime()
     described = {
-        c.name: runtime.mechanism(c.mechanism, c.epsilon, c.params).describe() for c in config.columns
+        c.name: runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)).describe() for c in config.columns
     }
     recorded_at = _now()
     _append(spark, locations["ledger"], pd.DataFrame([
@@ -218,7 +219,7 @@ def _run(
         for c in config.columns
     ]))
     deniability = {
-        c.name: _deniability(spark, config, runtime.mechanism(c.mechanism, c.epsilon, c.params))
+        c.name: _deniability(spark, config, runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)))
         for c in config.columns
     }
     sc.setJobDescription(f"dp-spark {run_id}: write statistics")
@@ -248,17 +249,13 @@ def _run(
 
 
 def _resources(spark: SparkSession, config: Config) -> SharedResources:
-    index_types = {
-        c.params.get("index_type", config.index.type) for c in config.columns if c.mechanism == "mlap"
-    }
+    index_types, need_neighbours = resource_needs([(c.mechanism, _params(config, c)) for c in config.columns])
     log.info("loading embeddings (%s) and building index/neighbour table", config.embeddings.source)
-    return shared_resources(
-        spark,
-        config.embeddings,
-        config.index,
-        index_types,
-        any(c.mechanism == "tgumbel" for c in config.columns),
-    )
+    return shared_resources(spark, config.embeddings, config.index, index_types, need_neighbours)
+
+
+def _params(config: Config, column: Any) -> dict[str, Any]:
+    return complete_params(column.mechanism, column.params, config.index.type)
 
 
 def _write_statistics(

@@ -30,7 +30,14 @@ from dp_spark.config import UDF_KINDS, EmbeddingsConfig, IndexConfig
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms import Mechanism
 from dp_spark.randomness import GeneratorRandom, KeyedRandom, derive_key, mix64, token_keys
-from dp_spark.spark.resources import Resources, Runtime, load_embeddings, runtime_for
+from dp_spark.spark.resources import (
+    Resources,
+    Runtime,
+    complete_params,
+    load_embeddings,
+    resource_needs,
+    runtime_for,
+)
 from dp_spark.stats import ColumnStatistics, StatisticsBuilder
 
 
@@ -182,21 +189,26 @@ class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         return self
 
     def mechanism_params(self) -> dict[str, Any]:
+        """The mechanismParams, with the index type defaulted to flat where the mechanism searches."""
         params = json.loads(self.getOrDefault(self.mechanismParams))
         if not isinstance(params, dict):
             raise ValueError("mechanismParams must be a JSON object")
-        return params
+        if self._custom_mechanism is not None:
+            return params
+        return complete_params(self.getOrDefault(self.mechanism), params, "flat")
 
     def _resources(self, spark: SparkSession) -> SharedResources:
         if self._shared is None:
             name = self.getOrDefault(self.mechanism)
-            params = self.mechanism_params()
+            index_types, need_neighbours = (
+                resource_needs([(name, self.mechanism_params())]) if self._custom_mechanism is None else (set(), False)
+            )
             self._shared = shared_resources(
                 spark,
                 self._embeddings_config or EmbeddingsConfig(vocab_size=self.getOrDefault(self.vocabSize)),
                 IndexConfig(neighbours=self.getOrDefault(self.neighbours)),
-                {params.get("index_type", "flat")} if name == "mlap" else set(),
-                name == "tgumbel",
+                index_types,
+                need_neighbours,
             )
         return self._shared
 

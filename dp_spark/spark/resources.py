@@ -20,7 +20,7 @@ from dp_spark.index import (
     neighbour_table,
     serialize_index,
 )
-from dp_spark.mechanisms import Mechanism, build_mechanism
+from dp_spark.mechanisms import Mechanism, build_mechanism, mechanism_class
 from dp_spark.tokenize import Vocabulary, segment
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,20 @@ def only_words(embeddings: Embeddings) -> Embeddings:
     word = np.zeros(embeddings.size, dtype=bool)
     word[single] = segments.is_word[segments.row_offsets[:-1][single]]
     return Embeddings.from_arrays(embeddings.words[word], embeddings.vectors[word], source="words only")
+
+
+def complete_params(name: str, params: dict[str, Any], index_type: str) -> dict[str, Any]:
+    """A mechanism's parameters with the job's index type filled in where it decodes by search."""
+    if mechanism_class(name).needs_index and "index_type" not in params:
+        return {**params, "index_type": index_type}
+    return dict(params)
+
+
+def resource_needs(specs: list[tuple[str, dict[str, Any]]]) -> tuple[set[str], bool]:
+    """(index types to build, whether a neighbour table is needed) for
+    mechanisms given as (name, complete params)."""
+    index_types = {params["index_type"] for name, params in specs if mechanism_class(name).needs_index}
+    return index_types, any(mechanism_class(name).needs_neighbours for name, _ in specs)
 
 
 @dataclass
@@ -89,10 +103,11 @@ class Runtime:
     def mechanism(self, name: str, epsilon: float, params: dict[str, Any]) -> Mechanism:
         key = (name, epsilon, tuple(sorted(params.items())))
         if key not in self._mechanisms:
+            cls = mechanism_class(name)
             extra: dict[str, Any] = {}
-            if name == "tgumbel":
+            if cls.needs_neighbours:
                 extra["neighbours"] = self.neighbours
-            if name == "mlap":
+            if cls.needs_index:
                 kind = params.get("index_type", "flat")
                 if kind not in self._indexes:
                     self._indexes[kind] = deserialize_index(self._resources.indexes[kind])

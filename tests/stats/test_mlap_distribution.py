@@ -142,3 +142,77 @@ def test_metric_dp_inequality_holds_empirically(line_embeddings):
             both = (p * DRAWS >= 200) & (q * DRAWS >= 200)
             standard_error = np.sqrt(1 / (p[both] * DRAWS) + 1 / (q[both] * DRAWS))
             assert np.all(np.log(p[both] / q[both]) <= math.log(bound) + 5 * standard_error)
+
+
+def brute_force_elliptical(vectors, word, epsilon, draws, rng, regularization, renormalise=False):
+    """z = phi(w) + r L u with L the Cholesky factor of the regularised,
+    trace-normalised covariance: L u and S u (S its symmetric root) have the
+    same law for u uniform on the sphere, so this is an independent route."""
+    vectors = vectors.astype(np.float64)
+    n = vectors.shape[1]
+    covariance = np.cov(vectors, rowvar=False)
+    shaped = regularization * covariance / (np.trace(covariance) / n) + (1 - regularization) * np.eye(n)
+    factor = np.linalg.cholesky(shaped)
+    radius = rng.exponential(1.0 / epsilon, size=(draws, n)).sum(axis=1)
+    u = rng.standard_normal((draws, n))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    noise = u @ factor.T
+    if renormalise:  # pypantera's variant
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    noisy = vectors[word] + radius[:, None] * noise
+    return np.concatenate([((b[:, None] - vectors[None]) ** 2).sum(2).argmin(1) for b in np.array_split(noisy, 20)])
+
+
+def test_mahalanobis_matches_brute_force(small_embeddings):
+    mechanism = build_mechanism("mahalanobis", small_embeddings, epsilon=2.0, regularization=0.6)
+    for word in (0, 57, 123):
+        samples = mechanism.perturb(np.full(DRAWS, word), np.random.default_rng(3))
+        reference = brute_force_elliptical(small_embeddings.vectors, word, 2.0, 10 * DRAWS,
+                                           np.random.default_rng(4), 0.6)
+        assert chi_square_two_sample(samples, reference, small_embeddings.size) > P_VALUE_THRESHOLD
+
+
+def test_mahalanobis_check_rejects_renormalised_noise(small_embeddings):
+    """Negative control: pypantera's renormalised S u is another law."""
+    mechanism = build_mechanism("mahalanobis", small_embeddings, epsilon=2.0, regularization=0.6)
+    samples = mechanism.perturb(np.full(DRAWS, 57), np.random.default_rng(3))
+    wrong = brute_force_elliptical(small_embeddings.vectors, 57, 2.0, 10 * DRAWS, np.random.default_rng(4), 0.6,
+                                   renormalise=True)
+    assert chi_square_two_sample(samples, wrong, small_embeddings.size) < P_VALUE_THRESHOLD
+
+
+def brute_force_vickrey(vectors, word, epsilon, threshold, draws, rng, exclude_input=False):
+    vectors = vectors.astype(np.float64)
+    n = vectors.shape[1]
+    radius = rng.exponential(1.0 / epsilon, size=(draws, n)).sum(axis=1)
+    u = rng.standard_normal((draws, n))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    noisy = vectors[word] + radius[:, None] * u
+    out = np.empty(draws, dtype=np.int64)
+    for block in np.array_split(np.arange(draws), 20):
+        d = np.sqrt(((noisy[block][:, None] - vectors[None]) ** 2).sum(2))
+        if exclude_input:  # mldp-text's variant: not post-processing
+            d[:, word] = np.inf
+        order = np.argsort(d, axis=1)[:, :2]
+        d1, d2 = np.take_along_axis(d, order, axis=1).T
+        p = (1 - threshold) * d2 / (threshold * d1 + (1 - threshold) * d2)
+        out[block] = np.where(rng.random(len(block)) < p, order[:, 0], order[:, 1])
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.75, 1.0])
+def test_vickrey_matches_brute_force(small_embeddings, threshold):
+    mechanism = build_mechanism("vickrey", small_embeddings, epsilon=2.0, threshold=threshold)
+    for word in (0, 123):
+        samples = mechanism.perturb(np.full(DRAWS, word), np.random.default_rng(5))
+        reference = brute_force_vickrey(small_embeddings.vectors, word, 2.0, threshold, 10 * DRAWS,
+                                        np.random.default_rng(6))
+        assert chi_square_two_sample(samples, reference, small_embeddings.size) > P_VALUE_THRESHOLD
+
+
+def test_vickrey_check_rejects_excluding_the_input_word(small_embeddings):
+    mechanism = build_mechanism("vickrey", small_embeddings, epsilon=4.0, threshold=0.75)
+    samples = mechanism.perturb(np.full(DRAWS, 57), np.random.default_rng(5))
+    wrong = brute_force_vickrey(small_embeddings.vectors, 57, 4.0, 0.75, 10 * DRAWS, np.random.default_rng(6),
+                                exclude_input=True)
+    assert chi_square_two_sample(samples, wrong, small_embeddings.size) < P_VALUE_THRESHOLD

@@ -41,9 +41,10 @@ def poisson_pmf(rate, max_k):
     return pmf / pmf.sum()
 
 
-def exact_distribution(vectors, word, scale, bound, rate, extra_k=0, truncate=True):
+def exact_distribution(vectors, word, scale, bound, rate, extra_k=0, truncate=True, radius=None):
     """P[M(word) = y] for every y. ``extra_k`` and ``truncate`` build the
-    distributions of deliberately wrong variants (negative controls)."""
+    distributions of deliberately wrong variants (negative controls);
+    ``radius``: distance truncation, k = the number of words within it."""
     size = len(vectors)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[word], axis=1)
     distances[word] = -1.0
@@ -51,6 +52,9 @@ def exact_distribution(vectors, word, scale, bound, rate, extra_k=0, truncate=Tr
     distances[word] = 0.0
     ordered = distances[order]
     pmf = poisson_pmf(rate, size - 1)
+    if radius is not None:
+        pmf = np.zeros(size)
+        pmf[int((ordered[1:] <= radius).sum())] = 1.0
     grid = np.linspace(-bound, bound, 8001) if truncate else np.linspace(-4 * bound, 12 * bound, 32001)
     if truncate:
         pdf, cdf = (lambda x: gumbel_pdf(x, scale, bound)), (lambda x: gumbel_cdf(x, scale, bound))
@@ -165,3 +169,20 @@ def test_epsilon_below_valid_range_is_refused(small_embeddings, table):
     with pytest.raises(ValueError, match="epsilon_min"):
         build_mechanism("tgumbel", small_embeddings, epsilon=floor, neighbours=table)
     assert minimum_epsilon(100_000, 0.3513616919517517) == pytest.approx(79.76, abs=0.01)
+
+
+@pytest.mark.parametrize("radius", [0.6, 1.5])
+def test_distance_truncation_matches_quadrature(grid_embeddings, radius):
+    """Candidates: w and every word within the radius (no Poisson draw)."""
+    table = build_neighbour_table(grid_embeddings, k=11)
+    epsilon = 100 * minimum_epsilon(grid_embeddings.size, table.min_distance)
+    mechanism = build_mechanism("tgumbel", grid_embeddings, epsilon=epsilon, neighbours=table,
+                                max_distance=radius * table.diameter / 4)
+    for word in (0, 5, 11):
+        samples = mechanism.perturb(np.full(GRID_DRAWS, word), np.random.default_rng(1))
+        exact = exact_distribution(grid_embeddings.vectors, word, mechanism.scale, table.diameter,
+                                   mechanism.poisson_rate, radius=radius * table.diameter / 4)
+        assert chi_square_gof(samples, exact) > P_VALUE_THRESHOLD, word
+        poisson = exact_distribution(grid_embeddings.vectors, word, mechanism.scale, table.diameter,
+                                     mechanism.poisson_rate)
+        assert chi_square_gof(samples, poisson) < P_VALUE_THRESHOLD  # negative control: kNN law

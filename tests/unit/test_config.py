@@ -54,7 +54,7 @@ def test_options_become_strings_and_overrides_apply():
         ({"extra": {}}, r"unknown key\(s\) extra in the top level; allowed: columns, embeddings"),
         ({"input__pathh": "x"}, r"unknown key\(s\) pathh in input; allowed: dataset, format"),
         ({"columns__oov": "skip"}, r"columns\[0\]\.oov must be one of keep, drop, replace; got 'skip'"),
-        ({"columns__mechanism": "laplace"}, r"columns\[0\]\.mechanism must be one of mlap, tgumbel; got 'laplace'"),
+        ({"columns__mechanism": "laplace"}, r"columns\[0\]\.mechanism must be one of custext, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'laplace'"),
         ({"columns__epsilon": -1}, r"columns\[0\]\.epsilon must be positive, got -1"),
         ({"columns__epsilon": "10"}, r"columns\[0\]\.epsilon must be a number, got '10'"),
         ({"columns__params": {"radius": 1}}, r"unknown parameter\(s\) radius for mechanism 'mlap'; allowed: index_type, max_distance"),

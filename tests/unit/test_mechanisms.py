@@ -22,15 +22,27 @@ def floor(small_embeddings, table):
     return minimum_epsilon(small_embeddings.size, table.min_distance)
 
 
-@pytest.fixture(scope="module", params=sorted(MECHANISMS))
+VARIANTS = [(name, {}) for name in sorted(MECHANISMS)] + [
+    ("tgumbel", {"max_distance": 1.5}),
+    ("kde", {"sampler": "mh"}),
+    ("santext", {"sensitive_fraction": 0.5}),
+    ("custext", {"strategy": "aggressive"}),
+    ("vickrey", {"base": "mahalanobis"}),
+    ("mlap", {"max_distance": 1.0}),
+]
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v[0] + "".join(f"-{k}" for k in v[1]))
 def mechanism(request, small_embeddings, table, floor):
-    if request.param == "tgumbel":
-        return build_mechanism("tgumbel", small_embeddings, epsilon=2 * floor, neighbours=table)
-    return build_mechanism(request.param, small_embeddings, epsilon=2.0)
+    name, params = request.param
+    if MECHANISMS[name].needs_neighbours:
+        params = {**params, "neighbours": table}
+    epsilon = 2 * floor if name == "tgumbel" else 2.0
+    return build_mechanism(name, small_embeddings, epsilon=epsilon, **params)
 
 
 def test_unknown_mechanism_lists_the_allowed_names(small_embeddings):
-    with pytest.raises(ValueError, match=r"mechanism must be one of mlap, tgumbel; got 'laplace'"):
+    with pytest.raises(ValueError, match=r"mechanism must be one of custext, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'laplace'"):
         build_mechanism("laplace", small_embeddings, epsilon=1.0)
 
 

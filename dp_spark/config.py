@@ -103,9 +103,13 @@ class ColumnConfig:
     oov: str = "keep"
     placeholder: str = "<unk>"
     output: str = "replace"
+    output_column: str | None = None
 
     @property
     def output_name(self) -> str:
+        """``output_column`` if given, else the column itself ("replace") or "<name>_dp" ("add")."""
+        if self.output_column:
+            return self.output_column
         return self.name if self.output == "replace" else f"{self.name}_dp"
 
 
@@ -290,7 +294,7 @@ def _check_relations(config: Config) -> None:
         raise ConfigError(f"{source}: embeddings.path is required when embeddings.source = {embeddings.source!r}")
     if embeddings.source == "npy" and not embeddings.vocabulary:
         raise ConfigError(f"{source}: embeddings.vocabulary is required when embeddings.source = 'npy'")
-    seen: dict[str, str] = {}
+    outputs: dict[str, str] = {}
     for i, column in enumerate(config.columns):
         where = f"columns[{i}]"
         allowed = [p for p in mechanism_parameters(column.mechanism) if p not in _RUNTIME_PARAMETERS]
@@ -300,10 +304,18 @@ def _check_relations(config: Config) -> None:
                 f"{source}: {where}.params: unknown parameter(s) {', '.join(unknown)} for mechanism "
                 f"{column.mechanism!r}; allowed: {', '.join(allowed) or 'none'}"
             )
-        for name in (column.name, column.output_name):
-            if name in seen and seen[name] != where:
-                raise ConfigError(f"{source}: {where} and {seen[name]} both use column {name!r}")
-            seen[name] = where
+        if column.output_name in outputs:
+            raise ConfigError(f"{source}: {where} and {outputs[column.output_name]} both write column "
+                              f"{column.output_name!r}")
+        outputs[column.output_name] = where
+    # A column read by several entries (to compare mechanisms) must not be
+    # overwritten by one of them: the others would read perturbed text.
+    for i, column in enumerate(config.columns):
+        for j, other in enumerate(config.columns):
+            if i != j and other.output_name == column.name:
+                raise ConfigError(f"{source}: columns[{j}] writes column {column.name!r}, which "
+                                  f"columns[{i}] reads; write it to another column (output = \"add\" "
+                                  f"or output_column)")
     partition_columns = set(config.output.partition_by)
     perturbed = {c.name for c in config.columns} | {c.output_name for c in config.columns}
     if partition_columns & perturbed:

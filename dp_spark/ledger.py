@@ -42,17 +42,35 @@ class LedgerEntry:
     dataset: str
     partition: str
     column: str
+    output_column: str
     mechanism: str
     epsilon: float
     seed_fingerprint: str
     row_key: str
     recorded_at: str
 
-    def replayed_by(self, fingerprint: str, row_key: str, partition: str) -> bool:
-        """Whether a run with this seed, keying and partition draws the same noise."""
-        if self.seed_fingerprint != fingerprint or self.row_key != row_key:
+    def replays(self, release: "Release", fingerprint: str, row_key: str, partition: str) -> bool:
+        """Whether this earlier release is exactly what the new one would draw
+        again: same seed, keying, output column, mechanism and epsilon, and for
+        position keys the same partition selection."""
+        if (self.seed_fingerprint, self.row_key) != (fingerprint, row_key):
+            return False
+        if (self.output_column, self.mechanism, self.epsilon) != (
+            release.output_column, release.mechanism, release.epsilon
+        ):
             return False
         return row_key != POSITION_KEY or self.partition == partition
+
+
+@dataclass(frozen=True)
+class Release:
+    """One perturbation a run is about to release: an input column, where
+    it goes, and the mechanism and epsilon per token."""
+
+    column: str
+    output_column: str
+    mechanism: str
+    epsilon: float
 
 
 class RecompositionRefused(RuntimeError):
@@ -60,46 +78,61 @@ class RecompositionRefused(RuntimeError):
 
 
 def earlier_releases(
-    entries: list[LedgerEntry], dataset: str, partition: str, column: str, fingerprint: str, row_key: str
+    entries: list[LedgerEntry],
+    dataset: str,
+    partition: str,
+    column: str,
+    releases: list[Release],
+    fingerprint: str,
+    row_key: str,
 ) -> list[LedgerEntry]:
-    """Entries for the same data and column that this run would not replay."""
+    """Earlier entries for the same data and column that none of this run's
+    releases replays: fresh noise on top of them composes."""
     return [
         e
         for e in entries
         if e.dataset == dataset
         and e.column == column
         and partitions_overlap(e.partition, partition)
-        and not e.replayed_by(fingerprint, row_key, partition)
+        and not any(e.replays(r, fingerprint, row_key, partition) for r in releases)
     ]
 
 
 def composed_epsilon(earlier: list[LedgerEntry], epsilon: float) -> float:
-    """Epsilon per token after this run: one term per distinct seed released."""
-    by_seed = {(e.partition, e.seed_fingerprint, e.row_key): e.epsilon for e in earlier}
-    return epsilon + sum(by_seed.values())
+    """Epsilon per token after this run: one term per distinct earlier release."""
+    distinct = {(e.partition, e.seed_fingerprint, e.row_key, e.output_column, e.mechanism): e.epsilon
+                for e in earlier}
+    return epsilon + sum(distinct.values())
 
 
 def check_recomposition(
     entries: list[LedgerEntry],
     dataset: str,
     partition: str,
-    columns: dict[str, float],
+    releases: list[Release],
     fingerprint: str,
     row_key: str,
     allow: bool,
 ) -> dict[str, float]:
-    """Epsilon per token each column will have spent after this run; raises
-    ``RecompositionRefused`` if any would compose and ``allow`` is False."""
+    """Epsilon per token each input column will have spent after this run
+    (several releases of one column in a run add up); raises
+    ``RecompositionRefused`` if a release would compose with earlier runs'
+    and ``allow`` is False."""
+    this_run: dict[str, float] = {}
+    for release in releases:
+        this_run[release.column] = this_run.get(release.column, 0.0) + release.epsilon
     totals = {}
     problems = []
-    for column, epsilon in columns.items():
-        earlier = earlier_releases(entries, dataset, partition, column, fingerprint, row_key)
+    for column, epsilon in this_run.items():
+        mine = [r for r in releases if r.column == column]
+        earlier = earlier_releases(entries, dataset, partition, column, mine, fingerprint, row_key)
         totals[column] = composed_epsilon(earlier, epsilon)
         if earlier and not allow:
             first = earlier[0]
             problems.append(
                 f"column {column!r}: run {first.run_id} ({first.recorded_at}) already released "
-                f"partition {first.partition} with {first.mechanism} at epsilon {first.epsilon:g} "
+                f"partition {first.partition} into {first.output_column!r} with {first.mechanism} "
+                f"at epsilon {first.epsilon:g} "
                 f"per token ({len(earlier)} earlier release(s) with other noise); another release "
                 f"with fresh noise makes the total {totals[column]:g}"
             )

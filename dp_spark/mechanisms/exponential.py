@@ -1,21 +1,20 @@
-"""Exponential mechanisms over the vocabulary, sampled exactly by Gumbel-max
-without scoring every word for every token.
+"""Exponential mechanisms over the vocabulary, sampled exactly without
+scoring every word for every token.
 
-P[w' | w] is proportional to exp(score(w, w')), the score a decreasing
-function of the distance d(w, w') (plus a log prior for kde). Gumbel-max:
-output argmax_w' score(w, w') + G_w', G iid Gumbel(0, 1). Scores are exact on
-the neighbour table (w and its K nearest words). The other words (the tail,
-all at distance >= d_K, the table's last distance) score at most
-``tail_bound``, and the largest of their n Gumbels is itself distributed as
-ln n + Gumbel(0, 1). So draw that maximum M first: if the best table word
-beats tail_bound + M, no tail word can win and the draw is exact. Otherwise
-(rare unless epsilon is small) the token's full distance row is computed, the
-tail's Gumbels are drawn conditioned on their maximum being M (one of them,
-uniformly, is M; the rest are Gumbel truncated below M), and the argmax is
-taken over the whole vocabulary: still exact.
+P[w' | w] is proportional to exp(score(w, w')), the score a non-increasing
+function of the distance d(w, w') (plus a log prior for kde). The words of
+the neighbour-table row (w and its K nearest) are scored exactly; every other
+word lies at distance >= d_K (the row's last distance), so its weight is at
+most c = exp(tail_bound). Rejection sampling with the envelope
+    M(w') = weight(w') for row words + c for every word that may be output
+(sum: row weights + c x count): draw w' from M (a row word by inverse CDF, or
+a uniform word), accept it with probability weight(w') / M(w'), else draw
+again. Each round needs one distance, not a row of |V|. An accepted word is an
+exact draw; if ``MAX_ROUNDS`` rounds all reject (only at epsilons where the
+row holds little of the mass and c overestimates the rest a lot), the token
+is drawn from its full distance row by inverse CDF, which is exact too, so
+the output law is exact whatever happens.
 """
-
-from __future__ import annotations
 
 from abc import abstractmethod
 
@@ -26,7 +25,9 @@ from dp_spark.index import DEFAULT_NEIGHBOURS, NeighbourTable, neighbour_table
 from dp_spark.mechanisms.base import Mechanism
 from dp_spark.randomness import TokenRandom
 
-CANDIDATE_STREAM, TAIL_MAX_STREAM, TAIL_INDEX_STREAM, TAIL_STREAM = 10, 11, 12, 13
+CANDIDATE_STREAM = 10  # custext's Gumbel-max over its output set
+FULL_ROW_STREAM = 11
+ROUND_STREAM = 100  # round r draws on stream ROUND_STREAM + r
 
 
 def gumbel(u: np.ndarray) -> np.ndarray:
@@ -38,7 +39,7 @@ def gumbel(u: np.ndarray) -> np.ndarray:
 class ExponentialMechanism(Mechanism):
     """Shared sampler: subclasses define scores from distances."""
 
-    FULL_ROW_CHUNK = 64
+    FULL_ROW_CHUNK = 128
     needs_neighbours = True
 
     def __init__(self, embeddings: Embeddings, epsilon: float, neighbours: NeighbourTable | None) -> None:
@@ -74,62 +75,70 @@ class ExponentialMechanism(Mechanism):
         each input word (all at distance >= the row's last distance)."""
         return self.distance_score(self._candidate_distances[words, -1].astype(np.float64)) + self.max_candidate_weight
 
-    def tail_size(self, words: np.ndarray) -> np.ndarray:
-        """How many words outside the table row may be output."""
-        return np.full(len(words), self.embeddings.size - self._candidate_ids.shape[1], dtype=np.int64)
+    def output_range(self) -> tuple[int, int]:
+        """The ids [low, high) that may be output (the uniform part of the envelope)."""
+        return 0, self.embeddings.size
+
+    MAX_ROUNDS = 64
 
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         candidates = self._candidate_ids[ids]
-        noisy = self.scores(candidates, self._candidate_distances[ids].astype(np.float64))
-        noisy += gumbel(rng.uniform(CANDIDATE_STREAM, candidates.shape[1]))
-        best = noisy.argmax(axis=1)
-        best_score = noisy[np.arange(len(ids)), best]
-        out = candidates[np.arange(len(ids)), best]
-        tail_size = self.tail_size(ids)
-        with np.errstate(divide="ignore"):
-            tail_max = np.log(tail_size) + gumbel(rng.uniform(TAIL_MAX_STREAM, 1)[:, 0])
-        unsure = np.flatnonzero((tail_size > 0) & ~(best_score > self.tail_bound(ids) + tail_max))
-        # Full rows are |V| wide: a few tokens at a time keep memory bounded.
-        for start in range(0, len(unsure), self.FULL_ROW_CHUNK):
-            rows = unsure[start : start + self.FULL_ROW_CHUNK]
-            out[rows] = self._full_row_draw(ids[rows], noisy[rows], best_score[rows], tail_max[rows], rng.restrict(rows))
+        log_weights = self.scores(candidates, self._candidate_distances[ids].astype(np.float64))
+        log_cap = self.tail_bound(ids)
+        top = np.maximum(log_weights.max(axis=1), log_cap)
+        weights = np.exp(log_weights - top[:, None])
+        cap = np.exp(log_cap - top)
+        cumulative = np.cumsum(weights, axis=1)
+        low, high = self.output_range()
+        total = cumulative[:, -1] + cap * (high - low)
+        in_range = (candidates >= low) & (candidates < high)
+        vectors = self.embeddings.vectors
+        out = np.full(len(ids), -1, dtype=np.int64)
+        active = np.arange(len(ids))
+        for round_ in range(self.MAX_ROUNDS):
+            if not len(active):
+                break
+            u = rng.restrict(active).uniform(ROUND_STREAM + round_, 3)
+            row_mass = cumulative[active, -1]
+            from_row = u[:, 0] * total[active] < row_mass
+            # A row word by inverse CDF over the row, or a uniform word of the range.
+            column = np.minimum((cumulative[active] <= (u[:, 1] * row_mass)[:, None]).sum(axis=1),
+                                candidates.shape[1] - 1)
+            uniform_word = low + np.minimum((u[:, 1] * (high - low)).astype(np.int64), high - low - 1)
+            matches = candidates[active] == uniform_word[:, None]
+            in_row = matches.any(axis=1)
+            column = np.where(from_row, column, matches.argmax(axis=1))
+            proposal = np.where(from_row, candidates[active, column], uniform_word)
+            row_word = from_row | in_row
+            target = np.where(row_word, weights[active, column], 0.0)
+            envelope = target + np.where(row_word, cap[active] * in_range[active, column], cap[active])
+            outside = np.flatnonzero(~row_word)
+            if len(outside):
+                words = ids[active[outside]]
+                distance = np.sqrt(((vectors[proposal[outside]] - vectors[words]).astype(np.float64) ** 2).sum(axis=1))
+                log_target = self.scores(proposal[outside][:, None], distance[:, None])[:, 0]
+                target[outside] = np.exp(log_target - top[active[outside]])
+            accept = u[:, 2] * envelope < target
+            out[active[accept]] = proposal[accept]
+            active = active[~accept]
+        for start in range(0, len(active), self.FULL_ROW_CHUNK):
+            rows = active[start : start + self.FULL_ROW_CHUNK]
+            out[rows] = self._full_row_draw(ids[rows], rng.restrict(rows))
         return out
 
-    def _full_row_draw(
-        self, words: np.ndarray, noisy: np.ndarray, best_score: np.ndarray, tail_max: np.ndarray,
-        rng: TokenRandom,
-    ) -> np.ndarray:
-        """Finish exact draws whose winner may lie in the tail: score every
-        word, with the tail's Gumbels conditioned on their maximum."""
+    def _full_row_draw(self, words: np.ndarray, rng: TokenRandom) -> np.ndarray:
+        """Exact draws by inverse CDF over each word's whole distance row."""
         size = self.embeddings.size
-        candidates = self._candidate_ids[words]
         vectors = self.embeddings.vectors
-        squared = (
-            self._squared_norms[words][:, None] + self._squared_norms[None, :]
-            - 2.0 * vectors[words].astype(np.float64) @ vectors.astype(np.float64).T
-        )
+        squared = self._squared_norms[words][:, None] + self._squared_norms[None, :]
+        squared -= 2.0 * (vectors[words] @ vectors.T).astype(np.float64)
+        squared[np.arange(len(words)), words] = 0.0
         all_words = np.broadcast_to(np.arange(size), (len(words), size))
-        scores = self.scores(all_words, np.sqrt(np.maximum(squared, 0)))
-        in_table = np.zeros((len(words), size), dtype=bool)
-        np.put_along_axis(in_table, candidates, True, axis=1)
-        tail = ~in_table & np.isfinite(scores)
-        # Tail Gumbels given their maximum M: uniformly one of them is M, the
-        # others are Gumbel(0, 1) truncated to (-inf, M] (inverse CDF).
-        limit = np.exp(-np.exp(-tail_max))
-        u = rng.uniform(TAIL_STREAM, size)
-        with np.errstate(divide="ignore"):
-            tail_gumbels = -np.log(-np.log(u * limit[:, None]))
-        pick = rng.uniform(TAIL_INDEX_STREAM, 1)[:, 0]
-        counts = tail.sum(axis=1)
-        chosen_rank = np.minimum((pick * counts).astype(np.int64), np.maximum(counts - 1, 0))
-        ranks = np.cumsum(tail, axis=1) - 1
-        is_max = tail & (ranks == chosen_rank[:, None])
-        tail_gumbels[is_max] = np.repeat(tail_max, is_max.sum(axis=1))
-        tail_scores = np.where(tail, scores + tail_gumbels, -np.inf)
-        winner = tail_scores.argmax(axis=1)
-        tail_best = tail_scores[np.arange(len(words)), winner]
-        table_best = candidates[np.arange(len(words)), noisy.argmax(axis=1)]
-        return np.where(tail_best > best_score, winner, table_best)
+        scores = self.scores(all_words, np.sqrt(np.maximum(squared, 0, out=squared), out=squared))
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
+        cumulative = np.cumsum(weights, axis=1, out=weights)
+        u = rng.uniform(FULL_ROW_STREAM, 1)[:, 0] * cumulative[:, -1]
+        return np.minimum((cumulative <= u[:, None]).sum(axis=1), size - 1)
 
 
 def exponential_distribution(mechanism: ExponentialMechanism, word: int) -> np.ndarray:

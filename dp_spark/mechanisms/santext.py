@@ -52,8 +52,6 @@ class SanText(ExponentialMechanism):
         if sensitive_count < 1:
             raise ValueError(f"sensitive_fraction={sensitive_fraction} leaves no sensitive word to output")
         self.first_sensitive = size - sensitive_count
-        allowed = self._candidate_ids >= self.first_sensitive
-        self._tail_size = sensitive_count - allowed.sum(axis=1)
 
     def distance_score(self, distances: np.ndarray) -> np.ndarray:
         return -self.epsilon / 2 * distances
@@ -63,8 +61,8 @@ class SanText(ExponentialMechanism):
             return 0.0
         return np.where(candidates >= self.first_sensitive, 0.0, -np.inf)
 
-    def tail_size(self, words: np.ndarray) -> np.ndarray:
-        return self._tail_size[words]
+    def output_range(self) -> tuple[int, int]:
+        return self.first_sensitive, self.embeddings.size
 
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         if self.sensitive_fraction is None:

@@ -162,10 +162,12 @@ class TruncatedGumbel(Mechanism):
             return sample_from_cdf(self.k_cdf, rng.uniform(self.K_STREAM, 1)[:, 0])
         k = (self._candidate_distances[ids, 1:] <= self.max_distance).sum(axis=1)
         full = np.flatnonzero(k == self.neighbours.k)
-        if len(full):  # the whole table row is within R: count the rest exactly
-            vectors = self.embeddings.vectors.astype(np.float64)
-            for i in full:
-                k[i] = int((np.linalg.norm(vectors - vectors[ids[i]], axis=1) <= self.max_distance).sum()) - 1
+        vectors = self.embeddings.vectors
+        norms = (vectors.astype(np.float64) ** 2).sum(axis=1)
+        for start in range(0, len(full), 256):  # the whole table row is within R: count the rest exactly
+            rows = full[start : start + 256]
+            squared = norms[ids[rows]][:, None] + norms[None, :] - 2.0 * (vectors[ids[rows]] @ vectors.T)
+            k[rows] = (squared <= self.max_distance**2).sum(axis=1) - 1
         return k
 
     def _perturb_chunk(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:

@@ -33,6 +33,7 @@ from dp_spark.config import Config, load_config
 from dp_spark.ledger import (
     LedgerEntry,
     RecompositionRefused,
+    Release,
     check_recomposition,
     partition_label,
     row_key_label,
@@ -169,10 +170,8 @@ def _run(
     dataset = config.input.dataset_name
     row_key = row_key_label(config.job.id_column)
     entries = _read_ledger(spark, locations["ledger"])
-    totals = check_recomposition(
-        entries, dataset, partition, {c.name: c.epsilon for c in config.columns}, fingerprint,
-        row_key, allow_recompose,
-    )
+    releases = [Release(c.name, c.output_name, c.mechanism, c.epsilon) for c in config.columns]
+    totals = check_recomposition(entries, dataset, partition, releases, fingerprint, row_key, allow_recompose)
     timer.lap("validated input, config and ledger")
 
     shared = _resources(spark, config)
@@ -197,7 +196,7 @@ def _run(
         )
         if config.job.id_column:
             perturber.set(perturber.idCol, config.job.id_column)
-        perturbers[column.name] = perturber
+        perturbers[column.output_name] = perturber
     df = perturb_columns(df, list(perturbers.values()))
 
     sc.setJobDescription(f"dp-spark {run_id}: perturb and write table")
@@ -210,16 +209,17 @@ def _run(
     rows = first.rows + first.null_rows
     runtime = shared.runtime()
     described = {
-        c.name: runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)).describe() for c in config.columns
+        c.output_name: runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)).describe()
+        for c in config.columns
     }
     recorded_at = _now()
     _append(spark, locations["ledger"], pd.DataFrame([
-        dataclasses.asdict(LedgerEntry(run_id, dataset, partition, c.name, c.mechanism, c.epsilon,
-                                       fingerprint, row_key, recorded_at))
+        dataclasses.asdict(LedgerEntry(run_id, dataset, partition, c.name, c.output_name, c.mechanism,
+                                       c.epsilon, fingerprint, row_key, recorded_at))
         for c in config.columns
     ]))
     deniability = {
-        c.name: _deniability(spark, config, runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)))
+        c.output_name: _deniability(spark, config, runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)))
         for c in config.columns
     }
     sc.setJobDescription(f"dp-spark {run_id}: write statistics")
@@ -229,15 +229,16 @@ def _run(
 
     manifest["rows"] = rows
     manifest["columns"] = {
-        name: {
-            "mechanism": described[name],
-            "tokens": s.tokens,
-            "tokens_perturbed": s.perturbed,
-            "tokens_oov": s.oov,
-            "tokens_changed": s.changed,
-            "epsilon_total_per_token": totals[name],
+        c.output_name: {
+            "input_column": c.name,
+            "mechanism": described[c.output_name],
+            "tokens": statistics[c.output_name].tokens,
+            "tokens_perturbed": statistics[c.output_name].perturbed,
+            "tokens_oov": statistics[c.output_name].oov,
+            "tokens_changed": statistics[c.output_name].changed,
+            "epsilon_total_per_token": totals[c.name],
         }
-        for name, s in statistics.items()
+        for c in config.columns
     }
     manifest["phases_seconds"] = timer.laps
     for name, s in statistics.items():
@@ -274,7 +275,7 @@ def _write_statistics(
     min_count = config.job.min_count
     privacy_rows, pair_frames, rate_frames = [], [], []
     for column in config.columns:
-        s = statistics[column.name]
+        s = statistics[column.output_name]
         originals, substitutes, counts = s.frequent_pairs(min_count)
         word_ids, seen, changed = s.word_rates(min_count)
         row_epsilon = s.row_epsilon(column.epsilon)
@@ -285,7 +286,7 @@ def _write_statistics(
             "column": column.name,
             "output_column": column.output_name,
             "mechanism": column.mechanism,
-            "parameters": json.dumps(described[column.name], sort_keys=True, default=str),
+            "parameters": json.dumps(described[column.output_name], sort_keys=True, default=str),
             "epsilon": column.epsilon,
             "epsilon_total_per_token": totals[column.name],
             "rows": s.rows,
@@ -303,16 +304,16 @@ def _write_statistics(
             "min_count": min_count,
             "pairs_reported": len(counts),
             "pairs_suppressed": len(s.pairs[0]) - len(counts),
-            **deniability[column.name],
+            **deniability[column.output_name],
         })
         pair_frames.append(pd.DataFrame({
-            "run_id": run_id, "column": column.name,
+            "run_id": run_id, "column": column.name, "output_column": column.output_name,
             "original": words.take(originals).to_pylist() if len(originals) else [],
             "substitute": words.take(substitutes).to_pylist() if len(substitutes) else [],
             "count": counts,
         }))
         rate_frames.append(pd.DataFrame({
-            "run_id": run_id, "column": column.name,
+            "run_id": run_id, "column": column.name, "output_column": column.output_name,
             "word": words.take(word_ids).to_pylist() if len(word_ids) else [],
             "seen": seen, "changed": changed,
             "substitution_rate": changed / seen if len(seen) else [],

@@ -244,7 +244,7 @@ class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             kind=kind,
             oov=self.getOrDefault(self.oov),
             placeholder=self.getOrDefault(self.placeholder),
-            column_key=derive_key(self._seed, "column", column),
+            column_key=derive_key(self._seed, "column", column, self.getOutputCol()),
             statistics=self.statistics,
             input_column=column,
             output_column=self.getOutputCol(),

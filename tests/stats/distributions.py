@@ -96,7 +96,3 @@ def chi_square_two_sample(a: np.ndarray, b: np.ndarray, categories: int) -> floa
     statistic = float(((k1 * count_a - k2 * count_b) ** 2 / (count_a + count_b)).sum())
     return chi_square_sf(statistic, len(count_a) - 1)
 
-
-def total_variation(samples: np.ndarray, probabilities: np.ndarray) -> float:
-    counts = np.bincount(samples, minlength=len(probabilities))
-    return 0.5 * float(np.abs(counts / len(samples) - probabilities).sum())

@@ -2,9 +2,10 @@
 against exact distributions computed here from the papers' formulas by brute
 force over the vocabulary (no code shared with the samplers).
 
-The samplers score the neighbour table exactly and bound the rest; with a
-short table (K = 8) and a small epsilon the bound often fails and the full-row
-path runs, so both paths are checked.
+The samplers score the neighbour table exactly and draw the rest by rejection
+under a bound; with a short table (K = 8) and a small epsilon most draws come
+from the rejection rounds, and with ``MAX_ROUNDS = 1`` many fall through to
+the full-row draw, so every path is checked.
 """
 
 from __future__ import annotations
@@ -53,9 +54,13 @@ def draw(mechanism, word, keyed=False, draws=DRAWS):
 WORDS = (0, 57, 123, 199)
 
 
-@pytest.mark.parametrize("table, epsilon, keyed", [("short", 0.7, False), ("short", 3.0, True), ("full", 1.5, False)])
-def test_santext_is_exponential_in_distance(small_embeddings, tables, distances, table, epsilon, keyed):
+@pytest.mark.parametrize(
+    "table, epsilon, keyed, rounds",
+    [("short", 0.7, False, 64), ("short", 3.0, True, 64), ("full", 1.5, False, 64), ("short", 3.0, False, 1)],
+)
+def test_santext_is_exponential_in_distance(small_embeddings, tables, distances, table, epsilon, keyed, rounds):
     mechanism = build_mechanism("santext", small_embeddings, epsilon=epsilon, neighbours=tables[table])
+    mechanism.MAX_ROUNDS = rounds
     for word in WORDS:
         exact = normalise(-epsilon / 2 * distances[word])
         assert chi_square_gof(draw(mechanism, word, keyed), exact) > P_VALUE_THRESHOLD, word

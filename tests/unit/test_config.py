@@ -81,8 +81,20 @@ def test_missing_sections_and_keys():
         parse_config({"input": {"path": "x"}, "columns": []})
     with pytest.raises(ConfigError, match=r"missing required key columns\[0\]\.epsilon"):
         parse_config(minimal(columns=[{"name": "t", "mechanism": "mlap"}]))
-    with pytest.raises(ConfigError, match=r"columns\[1\] and columns\[0\] both use column 'text'"):
+    with pytest.raises(ConfigError, match=r"columns\[1\] and columns\[0\] both write column 'text'"):
         parse_config(minimal(columns=[{"name": "text", "mechanism": "mlap", "epsilon": 1}] * 2))
+
+
+def test_one_column_into_several_outputs():
+    columns = [
+        {"name": "text", "mechanism": "mlap", "epsilon": 10, "output_column": "text_mlap"},
+        {"name": "text", "mechanism": "tgumbel", "epsilon": 100, "output_column": "text_tgumbel"},
+    ]
+    config = parse_config(minimal(columns=columns))
+    assert [c.output_name for c in config.columns] == ["text_mlap", "text_tgumbel"]
+    overwrite = [columns[0], {"name": "text", "mechanism": "mlap", "epsilon": 1}]
+    with pytest.raises(ConfigError, match=r"columns\[1\] writes column 'text', which columns\[0\] reads"):
+        parse_config(minimal(columns=overwrite))
 
 
 def test_file_errors(tmp_path):

@@ -80,3 +80,18 @@ def test_perturb_job_reads_deniability_from_a_calibration_table(spark, tmp_path,
     summary = pd.read_parquet(out / "calibration_summary").query("band == 'all'").iloc[0]
     assert row["deniability_source"].startswith("calibration table")
     assert row["nw_p50"] == summary["nw_p50"] and row["sw_mean"] == summary["sw_mean"]
+
+
+def test_calibrate_runs_every_mechanism(spark, tmp_path, embeddings_files):
+    config = write_config(tmp_path, embeddings_files)
+    names = "mlap,tgumbel,kde,mahalanobis,vickrey,tem,santext,custext"
+    for extra, out in ((["--param", "kde.sampler=mh"], "plain"),
+                       (["--param", "tgumbel.max_distance=3.0", "--param", "mlap.max_distance=6.0"], "truncated")):
+        assert main(["calibrate", "--mechanisms", names, "--epsilons", "4,2000", "--sample", "30",
+                     "--draws", "20", "--config", str(config), "--output", str(tmp_path / out), *extra]) == 0
+        summary = pd.read_parquet(tmp_path / out / "calibration_summary")
+        ok = summary[(summary["status"] == "ok") & (summary["band"] == "all")]
+        assert set(ok["mechanism"]) == set(names.split(","))
+        assert ok["nw_p50"].between(0, 1).all() and (ok["sw_p50"] >= 1).all()
+    details = pd.read_parquet(tmp_path / "truncated" / "calibration_summary").query("mechanism == 'tgumbel' and status == 'ok'")
+    assert details["details"].str.contains('"truncation": "distance"').all()

@@ -53,3 +53,22 @@ def test_config_errors_exit_2_without_starting_spark(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "columns[0].mechanism must be one of custext, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'lap'" in err
     assert "Traceback" not in err
+
+
+def test_every_mechanism_runs_from_a_config_on_the_sample_data(tmp_path, capsys):
+    """conf/mechanisms.toml: one text column into eleven outputs, one per
+    mechanism and variant; the ledger adds up their epsilons per token."""
+    assert main(["perturb", "--config", "conf/mechanisms.toml", "--output", str(tmp_path), "--seed", "1"]) == 0
+    table = pd.read_parquet(tmp_path / "table")
+    outputs = [c for c in table.columns if c.startswith("text_")]
+    assert len(outputs) == 11 and table["text"].notna().sum() == 299
+    privacy = pd.read_parquet(tmp_path / "privacy_stats")
+    assert set(privacy["mechanism"]) == {
+        "mlap", "tgumbel", "kde", "mahalanobis", "vickrey", "tem", "santext", "custext"}
+    assert (privacy["tokens_perturbed"] == privacy["tokens_perturbed"].iloc[0]).all()
+    assert privacy["epsilon_total_per_token"].unique().tolist() == [278.0]
+    for output in outputs:  # every mechanism changed something, and kept the text's shape
+        changed = (table[output] != table["text"]) & table["text"].notna()
+        assert changed.any(), output
+    ledger = pd.read_parquet(tmp_path / "ledger")
+    assert sorted(ledger["output_column"]) == sorted(outputs)

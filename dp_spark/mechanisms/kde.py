@@ -84,25 +84,27 @@ class KernelDensity(ExponentialMechanism):
             return super()._perturb_in_vocabulary(ids, rng)
         offsets, adjacent = self.graph
         degree = np.diff(offsets)
+        # Per word: log prior minus log degree, the part of the acceptance
+        # ratio that does not depend on the input word.
+        node_weight = self.log_prior - np.log(degree)
         vectors = self.embeddings.vectors
         origin = vectors[ids]
         state = ids.copy()
-        state_distance = np.zeros(len(ids))
+        state_distance = np.zeros(len(ids), dtype=np.float32)
         transitions = self.burn_in + self.steps
         u = rng.uniform(MH_STREAM, 2 * transitions)
+        with np.errstate(divide="ignore"):
+            log_u = np.log(u[:, 1::2])
+        half_epsilon = np.float32(self.epsilon / 2)
         for step in range(transitions):
             pick = np.minimum((u[:, 2 * step] * degree[state]).astype(np.int64), degree[state] - 1)
             proposal = adjacent[offsets[state] + pick]
-            distance = np.sqrt(((vectors[proposal] - origin).astype(np.float64) ** 2).sum(axis=1))
-            log_ratio = (
-                self.log_prior[proposal] - self.log_prior[state]
-                - self.epsilon / 2 * (distance - state_distance)
-                + np.log(degree[state]) - np.log(degree[proposal])
-            )
-            with np.errstate(divide="ignore"):
-                accept = np.log(u[:, 2 * step + 1]) < log_ratio
-            state = np.where(accept, proposal, state)
-            state_distance = np.where(accept, distance, state_distance)
+            offset = vectors[proposal] - origin
+            distance = np.sqrt(np.einsum("ij,ij->i", offset, offset))
+            log_ratio = node_weight[proposal] - node_weight[state] - half_epsilon * (distance - state_distance)
+            accept = log_u[:, step] < log_ratio
+            state[accept] = proposal[accept]
+            state_distance[accept] = distance[accept]
         return state
 
     @property

@@ -1,0 +1,176 @@
+"""Every mechanism against a straightforward per-word Python implementation
+of its formula, in the same run, on one core.
+
+Usage: python benchmarks/mechanism_suite.py [--tokens 200000] [--search-tokens 20000] [--baseline-tokens 200]
+
+Vocabulary: the job's default (GloVe 6B 50d, first 100,000 entries, words
+only). Tokens: a Zipf stream over it. The per-word baselines compute what
+the peer libraries compute per word: a full distance row in numpy and a
+weighted choice (exponential mechanisms), one FAISS search (noise-and-decode
+mechanisms), a Python Metropolis-Hastings loop (kde mh). Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+from datetime import date  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from dp_spark.config import EmbeddingsConfig, IndexConfig  # noqa: E402
+from dp_spark.index import configure_faiss  # noqa: E402
+from dp_spark.spark.resources import Resources, Runtime, load_embeddings  # noqa: E402
+from mechanisms import in_batches, median_seconds, per_word_tgumbel, zipf_stream  # noqa: E402
+
+
+def distance_row(vectors: np.ndarray, word: int) -> np.ndarray:
+    return np.linalg.norm(vectors - vectors[word], axis=1)
+
+
+def per_word_exponential(log_weights):
+    """The exponential mechanism one word at a time: a full row, then a choice."""
+
+    def run(mechanism, ids, rng):
+        vectors = mechanism.embeddings.vectors
+        out = []
+        for word in ids:
+            scores = log_weights(mechanism, word, distance_row(vectors, word))
+            p = np.exp(scores - scores.max())
+            out.append(int(rng.choice(len(p), p=p / p.sum())))
+        return out
+
+    return run
+
+
+def per_word_custext(mechanism, ids, rng):
+    vectors = mechanism.embeddings.vectors
+    out = []
+    for word in ids:
+        d = distance_row(vectors, word)
+        members = np.argsort(d)[: mechanism.top_k]
+        span = d[members].max() - d[members].min()
+        u = -(d[members] - d[members].min()) / span if span > 0 else np.zeros(len(members))
+        p = np.exp(mechanism.epsilon * u / 2)
+        out.append(int(rng.choice(members, p=p / p.sum())))
+    return out
+
+
+def per_word_mh(mechanism, ids, rng):
+    offsets, adjacent = mechanism.graph
+    vectors = mechanism.embeddings.vectors
+    out = []
+    for word in ids:
+        state, state_distance = word, 0.0
+        for _ in range(mechanism.burn_in + mechanism.steps):
+            neighbours = adjacent[offsets[state] : offsets[state + 1]]
+            proposal = int(rng.choice(neighbours))
+            distance = float(np.linalg.norm(vectors[proposal] - vectors[word]))
+            degree_ratio = len(neighbours) / (offsets[proposal + 1] - offsets[proposal])
+            ratio = math.exp(mechanism.log_prior[proposal] - mechanism.log_prior[state]
+                             - mechanism.epsilon / 2 * (distance - state_distance)) * degree_ratio
+            if rng.random() < ratio:
+                state, state_distance = proposal, distance
+        out.append(state)
+    return out
+
+
+def per_word_search(k: int):
+    """Noise per word, one FAISS search per word (the elliptical shape if any)."""
+
+    def run(mechanism, ids, rng):
+        vectors = mechanism.embeddings.vectors
+        dim = vectors.shape[1]
+        out = []
+        for word in ids:
+            direction = rng.normal(size=dim)
+            direction /= np.linalg.norm(direction)
+            if mechanism.noise_shape is not None:
+                direction = mechanism.noise_shape @ direction
+            radius = rng.gamma(dim, 1.0 / mechanism.epsilon)
+            _, found = mechanism.index.search((vectors[word] + radius * direction).astype(np.float32)[None, :], k)
+            out.append(int(found[0, 0] if k == 1 or rng.random() < 0.5 else found[0, 1]))
+        return out
+
+    return run
+
+
+def per_word_distance_tgumbel(mechanism, ids, rng):
+    vectors = mechanism.embeddings.vectors
+    out = []
+    for word in ids:
+        d = distance_row(vectors, word)
+        candidates = np.flatnonzero(d <= mechanism.max_distance)
+        best, best_score = word, math.inf
+        for candidate in candidates:
+            while True:
+                g = rng.gumbel(0.0, mechanism.scale)
+                if abs(g) <= mechanism.diameter:
+                    break
+            if d[candidate] + g < best_score:
+                best, best_score = candidate, d[candidate] + g
+        out.append(int(best))
+    return out
+
+
+def exponential_scores(mechanism, word, distances):
+    return mechanism.scores(np.arange(len(distances))[None, :], distances[None, :])[0]
+
+
+CASES = [
+    # label, mechanism, epsilon, params, uses the search budget, per-word baseline
+    ("tgumbel", "tgumbel", 100.0, {}, False, per_word_tgumbel),
+    ("tgumbel, max_distance 2", "tgumbel", 100.0, {"max_distance": 2.0}, False, per_word_distance_tgumbel),
+    ("kde exact", "kde", 5.0, {}, False, per_word_exponential(exponential_scores)),
+    ("kde exact", "kde", 10.0, {}, False, per_word_exponential(exponential_scores)),
+    ("kde mh (40 + 10 steps)", "kde", 10.0, {"sampler": "mh"}, False, per_word_mh),
+    ("tem", "tem", 5.0, {}, False, per_word_exponential(exponential_scores)),
+    ("tem", "tem", 10.0, {}, False, per_word_exponential(exponential_scores)),
+    ("santext", "santext", 5.0, {}, False, per_word_exponential(exponential_scores)),
+    ("santext", "santext", 10.0, {}, False, per_word_exponential(exponential_scores)),
+    ("custext (conservative)", "custext", 5.0, {}, False, per_word_custext),
+    ("mlap, max_distance 7.5", "mlap", 10.0, {"max_distance": 7.5}, True, per_word_search(1)),
+    ("mahalanobis", "mahalanobis", 10.0, {}, True, per_word_search(1)),
+    ("vickrey", "vickrey", 10.0, {}, True, per_word_search(2)),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--search-tokens", type=int, default=20_000)
+    parser.add_argument("--baseline-tokens", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    configure_faiss(threads=1)
+    embeddings = load_embeddings(EmbeddingsConfig())
+    runtime = Runtime(Resources.build(embeddings, IndexConfig(), {"flat"}, True))
+    stream = zipf_stream(args.tokens, embeddings.size, 1.0, seed=1)
+    print(f"Date: {date.today()}; {os.cpu_count()} cores, 1 thread; vocabulary {embeddings.size:,} words "
+          f"(GloVe 6B 50d, words only); Zipf stream; {args.tokens:,} tokens ({args.search_tokens:,} for "
+          f"search-bound mechanisms) in batches of 10,000, median of {args.repeats}; per-word baselines "
+          f"on {args.baseline_tokens} tokens.\n")
+    print("| mechanism | eps | params | tokens/s | per-word baseline, tokens/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for label, name, epsilon, params, search_bound, baseline in CASES:
+        if name in ("mlap", "mahalanobis", "vickrey"):
+            params = {"index_type": "flat", **params}
+        mechanism = runtime.mechanism(name, epsilon, params)
+        tokens = stream[: args.search_tokens] if search_bound else stream
+        seconds = median_seconds(in_batches(mechanism.perturb, tokens, 10_000), args.repeats)
+        sample = stream[: args.baseline_tokens]
+        base = median_seconds(lambda: baseline(mechanism, sample, np.random.default_rng(0)), 1)
+        rate, base_rate = len(tokens) / seconds, len(sample) / base
+        shown = {k: v for k, v in params.items() if k != "index_type" or v != "flat"}
+        print(f"| {label} | {epsilon:g} | {shown or ''} | {rate:,.0f} | {base_rate:,.0f} | {rate / base_rate:,.0f}x |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 perturb    run the perturb job in local mode (same flags as spark-submit jobs/perturb.py)
 calibrate  N_w / S_w against epsilon per mechanism: tables, plot, report (jobs/calibrate.py)
+evaluate   accuracy of a classifier trained on perturbed text, at equal N_w (jobs/evaluate.py)
 demo       perturb one sentence with each mechanism, no Spark
 """
 
@@ -30,7 +31,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dp_spark.spark import calibrate, job
+    from dp_spark.spark import calibrate, evaluate, job
 
     parser = argparse.ArgumentParser(prog="dp_spark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     calibration = commands.add_parser("calibrate", help="N_w / S_w against epsilon (local Spark)")
     calibrate.add_arguments(calibration)
     calibration.set_defaults(handler=calibrate.run_from_arguments)
+    evaluation = commands.add_parser("evaluate", help="utility of perturbed text (local Spark)")
+    evaluate.add_arguments(evaluation)
+    evaluation.set_defaults(handler=evaluate.run_from_arguments)
     demo_parser = commands.add_parser("demo", help="perturb a sentence with each mechanism")
     demo_parser.add_argument("--vocab-size", type=int, default=100_000)
     demo_parser.add_argument("--seed", type=int, default=0)

@@ -45,29 +45,43 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return summary.fillna({"accuracy_std": 0.0, "macro_f1_std": 0.0})
 
 
-def compare_at_equal_survival(summary: pd.DataFrame, challenger: str, baseline: str,
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1-10), for
+# the paired comparison over a handful of seeds.
+T_975 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
+
+
+def compare_at_equal_survival(points: pd.DataFrame, challenger: str, baseline: str,
                               metric: str = "accuracy") -> pd.DataFrame:
-    """For each point of ``challenger``, the ``baseline``'s metric at the same
-    median N_w, by linear interpolation between the baseline's grid points
-    (and their standard deviations alike); points outside the baseline's N_w
-    range are left out."""
-    base = summary[summary["mechanism"] == baseline].sort_values("median_nw")
+    """For each epsilon of ``challenger``: per seed, the difference between its
+    metric and the ``baseline``'s at the same median N_w (linear interpolation
+    between the baseline's grid points of that seed: same split, so the
+    comparison is paired); the mean difference, its standard error and a 95%
+    interval. Points outside the baseline's N_w range are left out."""
     rows = []
-    xs = base["median_nw"].to_numpy()
-    for point in summary[summary["mechanism"] == challenger].itertuples():
-        if len(xs) < 2 or not xs.min() <= point.median_nw <= xs.max():
+    for epsilon, group in points[points["mechanism"] == challenger].groupby("epsilon", sort=True):
+        differences, values, interpolated = [], [], []
+        survival = float(group["median_nw"].iloc[0])
+        for seed, row in group.set_index("seed").iterrows():
+            base = points[(points["mechanism"] == baseline) & (points["seed"] == seed)]
+            grid = base.groupby("median_nw")[metric].mean().sort_index()
+            if len(grid) < 2 or not grid.index.min() <= survival <= grid.index.max():
+                continue
+            value = float(np.interp(survival, grid.index, grid.to_numpy()))
+            values.append(row[metric])
+            interpolated.append(value)
+            differences.append(row[metric] - value)
+        if not differences:
             continue
-        # np.interp needs increasing x; equal N_w at several epsilons: keep their mean.
-        grid = base.groupby("median_nw")[[f"{metric}_mean", f"{metric}_std"]].mean()
-        value = float(np.interp(point.median_nw, grid.index, grid[f"{metric}_mean"]))
-        spread = float(np.interp(point.median_nw, grid.index, grid[f"{metric}_std"]))
-        challenger_value = getattr(point, f"{metric}_mean")
+        n = len(differences)
+        error = float(np.std(differences, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        half_width = T_975[min(n - 1, len(T_975)) - 1] * error if n > 1 else float("nan")
+        mean = float(np.mean(differences))
         rows.append({
-            "epsilon": point.epsilon, "median_nw": point.median_nw,
-            f"{challenger}_{metric}": challenger_value, f"{challenger}_std": getattr(point, f"{metric}_std"),
-            f"{baseline}_{metric}_interpolated": value, f"{baseline}_std_interpolated": spread,
-            "difference": challenger_value - value,
-            "combined_std": float(np.hypot(getattr(point, f"{metric}_std"), spread)),
+            "epsilon": epsilon, "median_nw": survival, "seeds": n,
+            f"{challenger}_{metric}": float(np.mean(values)),
+            f"{baseline}_{metric}_interpolated": float(np.mean(interpolated)),
+            "difference": mean, "standard_error": error,
+            "ci_low": mean - half_width, "ci_high": mean + half_width,
         })
     return pd.DataFrame(rows)
 
@@ -111,23 +125,24 @@ def verdict(comparison: pd.DataFrame, challenger: str, baseline: str) -> str:
     if comparison.empty:
         return (f"{challenger} and {baseline} were not compared: {challenger}'s median N_w lies outside "
                 f"the range {baseline}'s grid covers, so there is no {baseline} point at equal N_w.")
-    differences = comparison["difference"].to_numpy()
-    spreads = comparison["combined_std"].to_numpy()
-    better = differences > 2 * spreads
-    worse = differences < -2 * spreads
-    mean_difference = float(differences.mean())
+    better = comparison["ci_low"] > 0
+    worse = comparison["ci_high"] < 0
+    differences = comparison["difference"]
     if better.all():
-        outcome = f"{challenger} beats {baseline} at every compared point"
+        outcome = f"yes: {challenger} beats {baseline} at every compared point"
     elif worse.all():
-        outcome = f"{challenger} is worse than {baseline} at every compared point"
+        outcome = f"no: {challenger} is worse than {baseline} at every compared point"
     elif not better.any() and not worse.any():
-        outcome = f"{challenger} and {baseline} are indistinguishable within the spread at every compared point"
+        side = ("ahead" if (differences > 0).all() else "behind" if (differences < 0).all() else "on both sides")
+        outcome = (f"not shown: {challenger} is {side} at the compared points, but every 95% interval "
+                   "includes zero")
     else:
-        outcome = (f"the comparison is mixed: {challenger} is better at {int(better.sum())}, worse at "
-                   f"{int(worse.sum())} and within the spread at {int((~better & ~worse).sum())} point(s)")
-    return (f"At equal median N_w, {outcome}: mean accuracy difference {mean_difference:+.3f} "
-            f"(from {differences.min():+.3f} to {differences.max():+.3f}; 'beats' means by more than two "
-            f"standard deviations of the difference over seeds).")
+        outcome = (f"mixed: {challenger} is better at {int(better.sum())}, worse at {int(worse.sum())} and "
+                   f"undecided at {int((~better & ~worse).sum())} point(s)")
+    return (f"At equal median N_w, {outcome}. Mean accuracy difference {differences.mean():+.3f} "
+            f"(from {differences.min():+.3f} to {differences.max():+.3f}), paired by seed (same split), "
+            f"{int(comparison['seeds'].min())} seeds per point; a point counts when its 95% interval "
+            "(Student's t) excludes zero.")
 
 
 def report(dataset: str, summary: pd.DataFrame, comparison: pd.DataFrame, text: str,
@@ -149,13 +164,13 @@ def report(dataset: str, summary: pd.DataFrame, comparison: pd.DataFrame, text: 
         "",
     ]
     if not comparison.empty:
-        lines += ["| tgumbel epsilon | median N_w | tgumbel accuracy | mlap accuracy at that N_w | difference |",
-                  "|---|---|---|---|---|"]
+        lines += ["| tgumbel epsilon | median N_w | tgumbel accuracy | mlap accuracy at that N_w | "
+                  "difference (95% interval) |", "|---|---|---|---|---|"]
         for row in comparison.itertuples():
             lines.append(
-                f"| {row.epsilon:g} | {row.median_nw:.3f} | {row.tgumbel_accuracy:.3f} +- {row.tgumbel_std:.3f} "
-                f"| {row.mlap_accuracy_interpolated:.3f} +- {row.mlap_std_interpolated:.3f} "
-                f"| {row.difference:+.3f} +- {row.combined_std:.3f} |"
+                f"| {row.epsilon:g} | {row.median_nw:.3f} | {row.tgumbel_accuracy:.3f} "
+                f"| {row.mlap_accuracy_interpolated:.3f} "
+                f"| {row.difference:+.3f} ({row.ci_low:+.3f} to {row.ci_high:+.3f}) |"
             )
         lines.append("")
     lines += ["## All points (mean +- standard deviation over seeds)", "",

@@ -204,7 +204,7 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
 
     results = pd.DataFrame(points)
     summary = summarise(results)
-    comparison = (compare_at_equal_survival(summary, "tgumbel", "mlap")
+    comparison = (compare_at_equal_survival(results, "tgumbel", "mlap")
                   if {"tgumbel", "mlap"} <= set(settings.epsilons) else pd.DataFrame())
     text = verdict(comparison, "tgumbel", "mlap") if {"tgumbel", "mlap"} <= set(settings.epsilons) else ""
     fs = HadoopFileSystem(spark, output_root)

@@ -22,11 +22,17 @@ import math  # noqa: E402
 from datetime import date  # noqa: E402
 
 import numpy as np  # noqa: E402
+from mechanisms import (  # noqa: E402
+    in_batches,
+    median_seconds,
+    noisy_argmin_one_by_one,
+    per_word_tgumbel,
+    zipf_stream,
+)
 
 from dp_spark.config import EmbeddingsConfig, IndexConfig  # noqa: E402
 from dp_spark.index import configure_faiss  # noqa: E402
 from dp_spark.spark.resources import Resources, Runtime, load_embeddings  # noqa: E402
-from mechanisms import in_batches, median_seconds, per_word_tgumbel, zipf_stream  # noqa: E402
 
 
 def distance_row(vectors: np.ndarray, word: int) -> np.ndarray:
@@ -105,16 +111,7 @@ def per_word_distance_tgumbel(mechanism, ids, rng):
     out = []
     for word in ids:
         d = distance_row(vectors, word)
-        candidates = np.flatnonzero(d <= mechanism.max_distance)
-        best, best_score = word, math.inf
-        for candidate in candidates:
-            while True:
-                g = rng.gumbel(0.0, mechanism.scale)
-                if abs(g) <= mechanism.diameter:
-                    break
-            if d[candidate] + g < best_score:
-                best, best_score = candidate, d[candidate] + g
-        out.append(int(best))
+        out.append(noisy_argmin_one_by_one(mechanism, word, np.flatnonzero(d <= mechanism.max_distance), d, rng))
     return out
 
 

@@ -142,7 +142,8 @@ def verdict(comparison: pd.DataFrame, challenger: str, baseline: str) -> str:
     return (f"At equal median N_w, {outcome}. Mean accuracy difference {differences.mean():+.3f} "
             f"(from {differences.min():+.3f} to {differences.max():+.3f}), paired by seed (same split), "
             f"{int(comparison['seeds'].min())} seeds per point; a point counts when its 95% interval "
-            "(Student's t) excludes zero.")
+            "(Student's t) excludes zero. Compared only where both mechanisms have points: median N_w "
+            f"{comparison['median_nw'].min():.2f} to {comparison['median_nw'].max():.2f}.")
 
 
 def report(dataset: str, summary: pd.DataFrame, comparison: pd.DataFrame, text: str,

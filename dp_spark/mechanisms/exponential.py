@@ -1,22 +1,27 @@
 """Exponential mechanisms over the vocabulary, sampled exactly without
 scoring every word for every token.
 
-P[w' | w] is proportional to exp(score(w, w')), the score a non-increasing
-function of the distance d(w, w') (plus a log prior for kde). The words of
+P[w' | w] is proportional to pi(w') exp(score(d(w, w'))), the score a
+non-increasing function of the distance and pi a public prior over the words
+that may be output (uniform over an id range, or kde's density). The words of
 the neighbour-table row (w and its K nearest) are scored exactly; every other
 word lies at distance >= d_K (the row's last distance), so its weight is at
-most c = exp(tail_bound). Rejection sampling with the envelope
-    M(w') = weight(w') for row words + c for every word that may be output
-(sum: row weights + c x count): draw w' from M (a row word by inverse CDF, or
-a uniform word), accept it with probability weight(w') / M(w'), else draw
-again. Each round needs one distance, not a row of |V|. An accepted word is an
-exact draw; if ``MAX_ROUNDS`` rounds all reject (only at epsilons where the
-row holds little of the mass and c overestimates the rest a lot), the token
-is drawn from its full distance row by inverse CDF, which is exact too, so
-the output law is exact whatever happens.
+most c pi(w') with c = exp(score(d_K)). Rejection sampling with the envelope
+    M(w') = weight(w') for row words + c pi(w') for every word
+(sum: row weights + c sum(pi)): draw w' from M (a row word by inverse CDF, or
+a word drawn from pi), accept it with probability weight(w') / M(w'), else
+draw again. Each round needs one distance, not a row of |V|, and the tail
+proposal follows the prior, so a peaked prior does not slow acceptance. An
+accepted word is an exact draw; if ``MAX_ROUNDS`` rounds all reject (only at
+epsilons where the row holds little of the mass and c overestimates the rest a
+lot), the token is drawn from its full distance row by inverse CDF, which is
+exact too, so the output law is exact whatever happens. The full rows are
+computed once per distinct word of the batch.
 """
 
+import math
 from abc import abstractmethod
+from functools import cached_property
 
 import numpy as np
 
@@ -59,39 +64,68 @@ class ExponentialMechanism(Mechanism):
         """Log-weight of an output at these distances (non-increasing in d)."""
 
     def candidate_weight(self, candidates: np.ndarray) -> np.ndarray | float:
-        """Log-weight of the output words themselves (a prior; -inf where an
-        output is not allowed); 0 by default."""
+        """log pi of the output words themselves (-inf where an output is not
+        allowed); 0 by default."""
         return 0.0
 
-    # The largest candidate_weight of any word (for the tail bound).
-    max_candidate_weight = 0.0
+    def tail_prior(self) -> np.ndarray | None:
+        """pi(w') = exp(candidate_weight(w')) for every word, when pi is not 1
+        on ``output_range`` and 0 elsewhere (the default, None)."""
+        return None
 
     def scores(self, candidates: np.ndarray, distances: np.ndarray) -> np.ndarray:
         """Log-weights (float64) of ``candidates`` at ``distances``."""
         return self.distance_score(distances) + self.candidate_weight(candidates)
 
-    def tail_bound(self, words: np.ndarray) -> np.ndarray:
-        """An upper bound on the score of any word outside the table row of
-        each input word (all at distance >= the row's last distance)."""
-        return self.distance_score(self._candidate_distances[words, -1].astype(np.float64)) + self.max_candidate_weight
-
     def output_range(self) -> tuple[int, int]:
-        """The ids [low, high) that may be output (the uniform part of the envelope)."""
+        """The ids [low, high) that may be output when the prior is uniform."""
         return 0, self.embeddings.size
 
-    MAX_ROUNDS = 64
+    MAX_ROUNDS = 1024
+
+    @cached_property
+    def _tail(self) -> tuple[tuple[np.ndarray, np.ndarray] | None, float, float]:
+        """((prior scaled to max 1, its cumulative sum), or None when uniform;
+        total scaled prior mass; log of the scale, the largest log pi)."""
+        prior = self.tail_prior()
+        if prior is None:
+            low, high = self.output_range()
+            return None, float(high - low), 0.0
+        prior = np.asarray(prior, dtype=np.float64)
+        largest = float(prior.max())
+        prior = prior / largest
+        cumulative = np.cumsum(prior)
+        return (prior, cumulative), float(cumulative[-1]), math.log(largest)
+
+    def _prior_of(self, words: np.ndarray) -> np.ndarray:
+        """pi(words) on the scale of the tail envelope (max 1)."""
+        tail = self._tail[0]
+        if tail is None:
+            low, high = self.output_range()
+            return ((words >= low) & (words < high)).astype(np.float64)
+        return tail[0][words]
+
+    def _draw_from_prior(self, u: np.ndarray) -> np.ndarray:
+        tail = self._tail[0]
+        size = self.embeddings.size
+        if tail is None:
+            low, high = self.output_range()
+            return low + np.minimum((u * (high - low)).astype(np.int64), high - low - 1)
+        cumulative = tail[1]
+        return np.minimum(np.searchsorted(cumulative, u * cumulative[-1], side="right"), size - 1)
 
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         candidates = self._candidate_ids[ids]
         log_weights = self.scores(candidates, self._candidate_distances[ids].astype(np.float64))
-        log_cap = self.tail_bound(ids)
+        _, prior_mass, log_largest_prior = self._tail
+        # Beyond the row, log weight <= log_cap + log(pi(w') / largest pi).
+        log_cap = self.distance_score(self._candidate_distances[ids, -1].astype(np.float64)) + log_largest_prior
         top = np.maximum(log_weights.max(axis=1), log_cap)
         weights = np.exp(log_weights - top[:, None])
         cap = np.exp(log_cap - top)
         cumulative = np.cumsum(weights, axis=1)
-        low, high = self.output_range()
-        total = cumulative[:, -1] + cap * (high - low)
-        in_range = (candidates >= low) & (candidates < high)
+        total = cumulative[:, -1] + cap * prior_mass
+        row_prior = self._prior_of(candidates)
         vectors = self.embeddings.vectors
         out = np.full(len(ids), -1, dtype=np.int64)
         active = np.arange(len(ids))
@@ -101,17 +135,18 @@ class ExponentialMechanism(Mechanism):
             u = rng.restrict(active).uniform(ROUND_STREAM + round_, 3)
             row_mass = cumulative[active, -1]
             from_row = u[:, 0] * total[active] < row_mass
-            # A row word by inverse CDF over the row, or a uniform word of the range.
+            # A row word by inverse CDF over the row, or a word drawn from the prior.
             column = np.minimum((cumulative[active] <= (u[:, 1] * row_mass)[:, None]).sum(axis=1),
                                 candidates.shape[1] - 1)
-            uniform_word = low + np.minimum((u[:, 1] * (high - low)).astype(np.int64), high - low - 1)
-            matches = candidates[active] == uniform_word[:, None]
+            prior_word = self._draw_from_prior(u[:, 1])
+            matches = candidates[active] == prior_word[:, None]
             in_row = matches.any(axis=1)
             column = np.where(from_row, column, matches.argmax(axis=1))
-            proposal = np.where(from_row, candidates[active, column], uniform_word)
+            proposal = np.where(from_row, candidates[active, column], prior_word)
             row_word = from_row | in_row
             target = np.where(row_word, weights[active, column], 0.0)
-            envelope = target + np.where(row_word, cap[active] * in_range[active, column], cap[active])
+            prior = np.where(row_word, row_prior[active, column], self._prior_of(proposal))
+            envelope = target + cap[active] * prior
             outside = np.flatnonzero(~row_word)
             if len(outside):
                 words = ids[active[outside]]
@@ -121,24 +156,36 @@ class ExponentialMechanism(Mechanism):
             accept = u[:, 2] * envelope < target
             out[active[accept]] = proposal[accept]
             active = active[~accept]
-        for start in range(0, len(active), self.FULL_ROW_CHUNK):
-            rows = active[start : start + self.FULL_ROW_CHUNK]
-            out[rows] = self._full_row_draw(ids[rows], rng.restrict(rows))
+        if len(active):
+            out[active] = self._full_row_draw(ids[active], rng.restrict(active))
         return out
 
     def _full_row_draw(self, words: np.ndarray, rng: TokenRandom) -> np.ndarray:
-        """Exact draws by inverse CDF over each word's whole distance row."""
+        """Exact draws by inverse CDF over each word's whole distance row. The
+        rows that fall back here are mostly a few isolated words repeated (a
+        Zipf stream), so each distinct word's row is computed once and all its
+        tokens are drawn from it, each with its own uniform."""
         size = self.embeddings.size
         vectors = self.embeddings.vectors
-        squared = self._squared_norms[words][:, None] + self._squared_norms[None, :]
-        squared -= 2.0 * (vectors[words] @ vectors.T).astype(np.float64)
-        squared[np.arange(len(words)), words] = 0.0
-        all_words = np.broadcast_to(np.arange(size), (len(words), size))
-        scores = self.scores(all_words, np.sqrt(np.maximum(squared, 0, out=squared), out=squared))
-        weights = np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
-        cumulative = np.cumsum(weights, axis=1, out=weights)
-        u = rng.uniform(FULL_ROW_STREAM, 1)[:, 0] * cumulative[:, -1]
-        return np.minimum((cumulative <= u[:, None]).sum(axis=1), size - 1)
+        distinct, token_row = np.unique(words, return_inverse=True)
+        u = rng.uniform(FULL_ROW_STREAM, 1)[:, 0]
+        by_row = np.argsort(token_row, kind="stable")
+        row_bounds = np.searchsorted(token_row[by_row], np.arange(len(distinct) + 1))
+        out = np.empty(len(words), dtype=np.int64)
+        for start in range(0, len(distinct), self.FULL_ROW_CHUNK):
+            chunk = distinct[start : start + self.FULL_ROW_CHUNK]
+            squared = self._squared_norms[chunk][:, None] + self._squared_norms[None, :]
+            squared -= 2.0 * (vectors[chunk] @ vectors.T).astype(np.float64)
+            squared[np.arange(len(chunk)), chunk] = 0.0
+            all_words = np.broadcast_to(np.arange(size), (len(chunk), size))
+            scores = self.scores(all_words, np.sqrt(np.maximum(squared, 0, out=squared), out=squared))
+            weights = np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
+            cumulative = np.cumsum(weights, axis=1, out=weights)
+            for row in range(len(chunk)):
+                tokens = by_row[row_bounds[start + row] : row_bounds[start + row + 1]]
+                found = np.searchsorted(cumulative[row], u[tokens] * cumulative[row, -1], side="right")
+                out[tokens] = np.minimum(found, size - 1)
+        return out
 
 
 def exponential_distribution(mechanism: ExponentialMechanism, word: int) -> np.ndarray:

@@ -70,7 +70,6 @@ class KernelDensity(ExponentialMechanism):
         top = kernel.max(axis=1, keepdims=True)
         density = top[:, 0] + np.log(np.exp(kernel - top).sum(axis=1))
         self.log_prior = density - (density.max() + math.log(np.exp(density - density.max()).sum()))
-        self.max_candidate_weight = float(self.log_prior.max())
         self._graph: tuple[np.ndarray, np.ndarray] | None = None
 
     def distance_score(self, distances: np.ndarray) -> np.ndarray:
@@ -78,6 +77,9 @@ class KernelDensity(ExponentialMechanism):
 
     def candidate_weight(self, candidates: np.ndarray) -> np.ndarray:
         return self.log_prior[candidates]
+
+    def tail_prior(self) -> np.ndarray:
+        return np.exp(self.log_prior)
 
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         if self.sampler == "exact":
@@ -131,7 +133,9 @@ class KernelDensity(ExponentialMechanism):
         distance = np.linalg.norm(vectors - vectors[word], axis=1)
         log_target = self.log_prior - self.epsilon / 2 * distance
         sources = np.repeat(np.arange(size), degree)
-        accept = np.minimum(1.0, np.exp(log_target[adjacent] - log_target[sources]) * degree[sources] / degree[adjacent])
+        accept = np.minimum(
+            1.0, np.exp(log_target[adjacent] - log_target[sources]) * degree[sources] / degree[adjacent]
+        )
         transition = np.zeros((size, size))
         np.add.at(transition, (sources, adjacent), accept / degree[sources])
         transition[np.arange(size), np.arange(size)] += 1 - transition.sum(axis=1)

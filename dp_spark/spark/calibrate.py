@@ -143,7 +143,9 @@ def _measure(
         T.StructField("epsilon", T.DoubleType()),
         T.StructField("word_id", T.LongType()),
     ])
-    out_schema = T.StructType([*schema.fields, T.StructField("n_w", T.DoubleType()), T.StructField("s_w", T.LongType())])
+    out_schema = T.StructType(
+        [*schema.fields, T.StructField("n_w", T.DoubleType()), T.StructField("s_w", T.LongType())]
+    )
     if not valid:
         return pd.DataFrame({f.name: [] for f in out_schema.fields})
     rows = pd.DataFrame(
@@ -262,9 +264,6 @@ def run_from_arguments(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dp_spark.spark.job import configure_logging
+    from dp_spark.spark.job import command_main
 
-    parser = argparse.ArgumentParser(prog="calibrate", description="N_w / S_w against epsilon.")
-    add_arguments(parser)
-    configure_logging()
-    return run_from_arguments(parser.parse_args(argv))
+    return command_main("calibrate", "N_w / S_w against epsilon.", add_arguments, run_from_arguments, argv)

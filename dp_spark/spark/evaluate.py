@@ -262,10 +262,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dp_spark.spark.job import configure_logging
+    from dp_spark.spark.job import command_main
 
-    parser = argparse.ArgumentParser(prog="evaluate", description="Utility of perturbed text.")
-    add_arguments(parser)
-    configure_logging()
-    return run_from_arguments(parser.parse_args(argv))
+    return command_main("evaluate", "Utility of perturbed text.", add_arguments, run_from_arguments, argv)
 

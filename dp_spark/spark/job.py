@@ -40,7 +40,6 @@ from dp_spark.ledger import (
 )
 from dp_spark.randomness import seed_fingerprint
 from dp_spark.spark.io import HadoopFileSystem, read_input, write_table
-from dp_spark.spark.resources import complete_params, resource_needs
 from dp_spark.spark.perturber import (
     DPTextPerturber,
     SharedResources,
@@ -48,6 +47,7 @@ from dp_spark.spark.perturber import (
     perturb_columns,
     shared_resources,
 )
+from dp_spark.spark.resources import complete_params, resource_needs
 from dp_spark.stats import QUANTILES, ColumnStatistics, plausible_deniability, stratified_sample, summarize
 
 log = logging.getLogger("dp_spark.perturb")
@@ -389,10 +389,15 @@ class _PhaseTimer:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point shared by ``spark-submit jobs/perturb.py`` and ``python -m dp_spark perturb``."""
-    parser = argparse.ArgumentParser(prog="perturb", description="Perturb text columns of a table.")
-    add_arguments(parser)
+    return command_main("perturb", "Perturb text columns of a table.", add_arguments, run_from_arguments, argv)
+
+
+def command_main(prog: str, description: str, add: Any, run_parsed: Any, argv: list[str] | None) -> int:
+    """Parse ``argv`` with ``add``'s arguments, set up logging, run ``run_parsed``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add(parser)
     configure_logging()
-    return run_from_arguments(parser.parse_args(argv))
+    return run_parsed(parser.parse_args(argv))
 
 
 def configure_logging() -> None:

@@ -10,8 +10,8 @@ import pandas as pd
 
 from dp_spark.__main__ import main
 from dp_spark.config import EmbeddingsConfig
-from dp_spark.spark.resources import load_embeddings
 from dp_spark.mechanisms import build_mechanism
+from dp_spark.spark.resources import load_embeddings
 from dp_spark.stats import plausible_deniability
 
 

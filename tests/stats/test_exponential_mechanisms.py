@@ -56,7 +56,7 @@ WORDS = (0, 57, 123, 199)
 
 @pytest.mark.parametrize(
     "table, epsilon, keyed, rounds",
-    [("short", 0.7, False, 64), ("short", 3.0, True, 64), ("full", 1.5, False, 64), ("short", 3.0, False, 1)],
+    [("short", 0.7, False, 1024), ("short", 3.0, True, 1024), ("full", 1.5, False, 1024), ("short", 3.0, False, 1)],
 )
 def test_santext_is_exponential_in_distance(small_embeddings, tables, distances, table, epsilon, keyed, rounds):
     mechanism = build_mechanism("santext", small_embeddings, epsilon=epsilon, neighbours=tables[table])
@@ -120,9 +120,15 @@ def kde_exact(embeddings, distances, epsilon, word, k):
     return normalise(log_prior - epsilon / 2 * distances[word])
 
 
-@pytest.mark.parametrize("table, epsilon, keyed", [("short", 0.7, False), ("full", 2.0, True)])
-def test_kde_exact_sampler(small_embeddings, tables, distances, table, epsilon, keyed):
+@pytest.mark.parametrize(
+    "table, epsilon, keyed, rounds",
+    [("short", 0.7, False, 1024), ("full", 2.0, True, 1024), ("short", 3.0, False, 1)],
+)
+def test_kde_exact_sampler(small_embeddings, tables, distances, table, epsilon, keyed, rounds):
+    """The tail proposal follows the prior; with one round most draws fall
+    through to the full-row draw."""
     mechanism = build_mechanism("kde", small_embeddings, epsilon=epsilon, neighbours=tables[table])
+    mechanism.MAX_ROUNDS = rounds
     k = tables[table].k
     for word in WORDS:
         exact = kde_exact(small_embeddings, distances, epsilon, word, k)

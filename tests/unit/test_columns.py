@@ -68,7 +68,7 @@ def test_oov_replace_and_drop(embeddings):
     assert replaced.to_pylist()[0].startswith("<unk> ")
     dropped, _ = apply(perturbation(embeddings, "string", "drop"), pa.array(["Zoe saw the film"]), random_for(2))
     assert dropped.to_pylist()[0].startswith("  ")
-    lists, stats = apply(perturbation(embeddings, "tokens", "drop"), 
+    lists, stats = apply(perturbation(embeddings, "tokens", "drop"),
         pa.array([["zoe", "the", "xyz", "film"], None, []]), random_for(2)
     )
     assert [len(x) if x is not None else None for x in lists.to_pylist()] == [2, None, 0]

@@ -37,6 +37,7 @@ def test_paired_comparison_interpolates_the_baseline():
     assert row["difference"] == pytest.approx(0.05 - 0.002) and row["seeds"] == 5
     assert row["ci_low"] > 0
     assert verdict(comparison, "tgumbel", "mlap").startswith("At equal median N_w, yes")
+    assert "median N_w 0.30 to 0.30" in verdict(comparison, "tgumbel", "mlap")
     assert "not shown" in verdict(compare_at_equal_survival(points(0.0), "tgumbel", "mlap"), "tgumbel", "mlap")
     assert verdict(compare_at_equal_survival(points(-0.05), "tgumbel", "mlap"), "tgumbel", "mlap").startswith(
         "At equal median N_w, no")

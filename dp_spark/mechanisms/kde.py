@@ -88,24 +88,32 @@ class KernelDensity(ExponentialMechanism):
         degree = np.diff(offsets)
         # Per word: log prior minus log degree, the part of the acceptance
         # ratio that does not depend on the input word.
-        node_weight = self.log_prior - np.log(degree)
+        node_weight = (self.log_prior - np.log(degree)).astype(np.float32)
         vectors = self.embeddings.vectors
         origin = vectors[ids]
         state = ids.copy()
+        state_degree = degree[state]
+        # Carried along rather than gathered each step: the chain's current
+        # log target, less the part that depends on the input word.
+        state_weight = node_weight[state]
         state_distance = np.zeros(len(ids), dtype=np.float32)
         transitions = self.burn_in + self.steps
         u = rng.uniform(MH_STREAM, 2 * transitions)
+        picks = np.ascontiguousarray(u[:, 0::2].T)
         with np.errstate(divide="ignore"):
-            log_u = np.log(u[:, 1::2])
+            log_u = np.log(u[:, 1::2]).T.astype(np.float32)
         half_epsilon = np.float32(self.epsilon / 2)
         for step in range(transitions):
-            pick = np.minimum((u[:, 2 * step] * degree[state]).astype(np.int64), degree[state] - 1)
+            pick = np.minimum((picks[step] * state_degree).astype(np.int64), state_degree - 1)
             proposal = adjacent[offsets[state] + pick]
             offset = vectors[proposal] - origin
             distance = np.sqrt(np.einsum("ij,ij->i", offset, offset))
-            log_ratio = node_weight[proposal] - node_weight[state] - half_epsilon * (distance - state_distance)
-            accept = log_u[:, step] < log_ratio
+            proposal_weight = node_weight[proposal]
+            log_ratio = proposal_weight - state_weight - half_epsilon * (distance - state_distance)
+            accept = np.flatnonzero(log_u[step] < log_ratio)
             state[accept] = proposal[accept]
+            state_degree[accept] = degree[proposal[accept]]
+            state_weight[accept] = proposal_weight[accept]
             state_distance[accept] = distance[accept]
         return state
 

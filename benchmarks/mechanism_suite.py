@@ -26,6 +26,7 @@ from mechanisms import (  # noqa: E402
     in_batches,
     median_seconds,
     noisy_argmin_one_by_one,
+    per_word_search,
     per_word_tgumbel,
     zipf_stream,
 )
@@ -84,26 +85,6 @@ def per_word_mh(mechanism, ids, rng):
                 state, state_distance = proposal, distance
         out.append(state)
     return out
-
-
-def per_word_search(k: int):
-    """Noise per word, one FAISS search per word (the elliptical shape if any)."""
-
-    def run(mechanism, ids, rng):
-        vectors = mechanism.embeddings.vectors
-        dim = vectors.shape[1]
-        out = []
-        for word in ids:
-            direction = rng.normal(size=dim)
-            direction /= np.linalg.norm(direction)
-            if mechanism.noise_shape is not None:
-                direction = mechanism.noise_shape @ direction
-            radius = rng.gamma(dim, 1.0 / mechanism.epsilon)
-            _, found = mechanism.index.search((vectors[word] + radius * direction).astype(np.float32)[None, :], k)
-            out.append(int(found[0, 0] if k == 1 or rng.random() < 0.5 else found[0, 1]))
-        return out
-
-    return run
 
 
 def per_word_distance_tgumbel(mechanism, ids, rng):

@@ -84,6 +84,14 @@ class KernelDensity(ExponentialMechanism):
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         if self.sampler == "exact":
             return super()._perturb_in_vocabulary(ids, rng)
+        # Chains from the same word walk the same neighbourhood: grouping them
+        # keeps each step's gathers of vectors in cache.
+        order = np.argsort(ids, kind="stable")
+        out = np.empty_like(ids)
+        out[order] = self._metropolis_hastings(ids[order], rng.restrict(order))
+        return out
+
+    def _metropolis_hastings(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         offsets, adjacent = self.graph
         degree = np.diff(offsets)
         # Per word: log prior minus log degree, the part of the acceptance

@@ -1,7 +1,7 @@
 """Every mechanism against a straightforward per-word Python implementation
 of its formula, in the same run, on one core.
 
-Usage: python benchmarks/mechanism_suite.py [--tokens 200000] [--search-tokens 20000] [--baseline-tokens 200]
+Usage: python benchmarks/mechanism_suite.py [--tokens 200000] [--search-tokens 20000] [--baseline-tokens 200] [--only LABEL]
 
 Vocabulary: the job's default (GloVe 6B 50d, first 100,000 entries, words
 only). Tokens: a Zipf stream over it. The per-word baselines compute what
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--search-tokens", type=int, default=20_000)
     parser.add_argument("--baseline-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="run only the cases whose label contains this")
     args = parser.parse_args()
 
     configure_faiss(threads=1)
@@ -137,6 +138,8 @@ def main() -> None:
     print("| mechanism | eps | params | tokens/s | per-word baseline, tokens/s | speed-up |")
     print("|---|---|---|---|---|---|")
     for label, name, epsilon, params, search_bound, baseline in CASES:
+        if args.only not in label:
+            continue
         if name in ("mlap", "mahalanobis", "vickrey"):
             params = {"index_type": "flat", **params}
         mechanism = runtime.mechanism(name, epsilon, params)

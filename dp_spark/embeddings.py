@@ -70,6 +70,20 @@ class Embeddings:
             object.__setattr__(self, "_fingerprint", cached)
         return cached
 
+    def squared_distances(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), size) float64 squared Euclidean distances from the words
+        ``ids`` to every vocabulary word, as |a|^2 + |b|^2 - 2 a.b (one BLAS
+        product); each word's distance to itself is exactly 0 and rounding
+        never makes one negative."""
+        norms = self.__dict__.get("_squared_norms")
+        if norms is None:
+            norms = (self.vectors.astype(np.float64) ** 2).sum(axis=1)
+            object.__setattr__(self, "_squared_norms", norms)
+        squared = norms[ids][:, None] + norms[None, :]
+        squared -= 2.0 * (self.vectors[ids] @ self.vectors.T).astype(np.float64)
+        squared[np.arange(len(ids)), ids] = 0.0
+        return np.maximum(squared, 0, out=squared)
+
     @classmethod
     def from_arrays(
         cls, words: Sequence[str], vectors: np.ndarray, *, source: str = "arrays"

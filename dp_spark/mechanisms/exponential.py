@@ -57,7 +57,6 @@ class ExponentialMechanism(Mechanism):
         size = embeddings.size
         self._candidate_ids = np.hstack([np.arange(size, dtype=np.int64)[:, None], neighbours.ids])
         self._candidate_distances = np.hstack([np.zeros((size, 1), np.float32), neighbours.distances])
-        self._squared_norms = (embeddings.vectors.astype(np.float64) ** 2).sum(axis=1)
 
     @abstractmethod
     def distance_score(self, distances: np.ndarray) -> np.ndarray:
@@ -166,7 +165,6 @@ class ExponentialMechanism(Mechanism):
         Zipf stream), so each distinct word's row is computed once and all its
         tokens are drawn from it, each with its own uniform."""
         size = self.embeddings.size
-        vectors = self.embeddings.vectors
         distinct, token_row = np.unique(words, return_inverse=True)
         u = rng.uniform(FULL_ROW_STREAM, 1)[:, 0]
         by_row = np.argsort(token_row, kind="stable")
@@ -174,11 +172,9 @@ class ExponentialMechanism(Mechanism):
         out = np.empty(len(words), dtype=np.int64)
         for start in range(0, len(distinct), self.FULL_ROW_CHUNK):
             chunk = distinct[start : start + self.FULL_ROW_CHUNK]
-            squared = self._squared_norms[chunk][:, None] + self._squared_norms[None, :]
-            squared -= 2.0 * (vectors[chunk] @ vectors.T).astype(np.float64)
-            squared[np.arange(len(chunk)), chunk] = 0.0
+            distances = np.sqrt(self.embeddings.squared_distances(chunk))
             all_words = np.broadcast_to(np.arange(size), (len(chunk), size))
-            scores = self.scores(all_words, np.sqrt(np.maximum(squared, 0, out=squared), out=squared))
+            scores = self.scores(all_words, distances)
             weights = np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
             cumulative = np.cumsum(weights, axis=1, out=weights)
             for row in range(len(chunk)):

@@ -162,11 +162,9 @@ class TruncatedGumbel(Mechanism):
             return sample_from_cdf(self.k_cdf, rng.uniform(self.K_STREAM, 1)[:, 0])
         k = (self._candidate_distances[ids, 1:] <= self.max_distance).sum(axis=1)
         full = np.flatnonzero(k == self.neighbours.k)
-        vectors = self.embeddings.vectors
-        norms = (vectors.astype(np.float64) ** 2).sum(axis=1)
         for start in range(0, len(full), 256):  # the whole table row is within R: count the rest exactly
             rows = full[start : start + 256]
-            squared = norms[ids[rows]][:, None] + norms[None, :] - 2.0 * (vectors[ids[rows]] @ vectors.T)
+            squared = self.embeddings.squared_distances(ids[rows])
             k[rows] = (squared <= self.max_distance**2).sum(axis=1) - 1
         return k
 

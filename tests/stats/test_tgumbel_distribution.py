@@ -171,6 +171,22 @@ def test_epsilon_below_valid_range_is_refused(small_embeddings, table):
     assert minimum_epsilon(100_000, 0.3513616919517517) == pytest.approx(79.76, abs=0.01)
 
 
+def test_distance_truncation_counts_words_beyond_a_full_table_row(grid_embeddings):
+    """Where every word of the (short) table row lies within the radius, the
+    candidates within it are counted by a scan of the whole vocabulary."""
+    table = build_neighbour_table(grid_embeddings, k=3)
+    radius = 0.37 * table.diameter
+    mechanism = build_mechanism("tgumbel", grid_embeddings, neighbours=table, max_distance=radius,
+                                epsilon=2 * minimum_epsilon(grid_embeddings.size, table.min_distance))
+    vectors = grid_embeddings.vectors.astype(np.float64)
+    distances = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=2)
+    expected = (distances <= radius).sum(axis=1) - 1  # not counting the word itself
+    assert (expected > table.k).any() and (expected < table.k).any()
+    ids = np.arange(grid_embeddings.size)
+    counts = mechanism._candidate_counts(ids, KeyedRandom(ids.astype(np.uint64)))
+    np.testing.assert_array_equal(counts, expected)
+
+
 @pytest.mark.parametrize("radius", [0.6, 1.5])
 def test_distance_truncation_matches_quadrature(grid_embeddings, radius):
     """Candidates: w and every word within the radius (no Poisson draw)."""

@@ -1,7 +1,8 @@
 """Every mechanism against a straightforward per-word Python implementation
 of its formula, in the same run, on one core.
 
-Usage: python benchmarks/mechanism_suite.py [--tokens 200000] [--search-tokens 20000] [--baseline-tokens 200] [--only LABEL]
+Usage: python benchmarks/mechanism_suite.py [--tokens 200000] [--search-tokens 20000]
+           [--baseline-tokens 200] [--only LABEL]
 
 Vocabulary: the job's default (GloVe 6B 50d, first 100,000 entries, words
 only). Tokens: a Zipf stream over it. The per-word baselines compute what

@@ -63,7 +63,7 @@ def calibrate(
     settings = dataclasses.replace(settings, params=params)
     index_types, need_neighbours = resource_needs(list(params.items()))
     shared = shared_resources(spark, embeddings, index, index_types, need_neighbours)
-    runtime = shared.runtime()
+    runtime = shared.runtime
     vocabulary = runtime.vocabulary
     words = stratified_sample(len(vocabulary), settings.sample_size, settings.seed)
 

@@ -165,7 +165,7 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
               for name in settings.epsilons}
     index_types, need_neighbours = resource_needs(list(params.items()))
     shared = shared_resources(spark, config.embeddings, config.index, index_types, need_neighbours)
-    runtime = shared.runtime()
+    runtime = shared.runtime
     sample = stratified_sample(len(runtime.vocabulary), settings.nw_sample)
 
     points = []

@@ -207,21 +207,18 @@ def _run(
     statistics = {name: p.statistics.value for name, p in perturbers.items()}
     first = next(iter(statistics.values()))
     rows = first.rows + first.null_rows
-    runtime = shared.runtime()
-    described = {
-        c.output_name: runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)).describe()
-        for c in config.columns
+    runtime = shared.runtime
+    mechanisms = {
+        c.output_name: runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)) for c in config.columns
     }
+    described = {name: mechanism.describe() for name, mechanism in mechanisms.items()}
     recorded_at = _now()
     _append(spark, locations["ledger"], pd.DataFrame([
         dataclasses.asdict(LedgerEntry(run_id, dataset, partition, c.name, c.output_name, c.mechanism,
                                        c.epsilon, fingerprint, row_key, recorded_at))
         for c in config.columns
     ]))
-    deniability = {
-        c.output_name: _deniability(spark, config, runtime.mechanism(c.mechanism, c.epsilon, _params(config, c)))
-        for c in config.columns
-    }
+    deniability = {name: _deniability(spark, config, mechanism) for name, mechanism in mechanisms.items()}
     sc.setJobDescription(f"dp-spark {run_id}: write statistics")
     _write_statistics(spark, config, run_id, dataset, partition, statistics, described, totals,
                       deniability, runtime.vocabulary.words, locations)

@@ -1,8 +1,9 @@
 """``DPTextPerturber``: the perturbation as a pyspark.ml Transformer.
 
-Each column is perturbed by an iterator-form Arrow UDF (or pandas UDF): set-up
-once per task, then per batch strings -> ids -> mechanism -> strings, all in
-Arrow and numpy. Statistics travel back to the driver in an accumulator, merged
+All columns are perturbed in one ``mapInArrow`` pass over whole record
+batches (or, with ``udfKind`` arrow / pandas, an iterator-form UDF per
+column): set-up once per task, then per batch strings -> ids -> mechanism ->
+strings, all in Arrow and numpy. Statistics travel back to the driver in an accumulator, merged
 once per successful task of the write's single stage.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -89,7 +91,10 @@ class SharedResources:
     broadcast: Any
     embeddings_key: tuple
 
+    @cached_property
     def runtime(self) -> Runtime:
+        """The driver's view of the resources (mechanisms built once, to
+        validate parameters and describe them)."""
         return Runtime(self.resources)
 
 
@@ -231,7 +236,7 @@ class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         name, epsilon = self.getOrDefault(self.mechanism), self.getOrDefault(self.epsilon)
         params = self.mechanism_params()
         if self._custom_mechanism is None:
-            shared.runtime().mechanism(name, epsilon, params)
+            shared.runtime.mechanism(name, epsilon, params)
         self.statistics = spark.sparkContext.accumulator(
             ColumnStatistics(len(shared.resources.words)), StatisticsParam()
         )

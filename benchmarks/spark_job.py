@@ -72,7 +72,8 @@ def main() -> None:
     words = load_embeddings(embeddings_config).words
     write_table(work / "input.parquet", words, args.rows, args.tokens_per_row)
     write_table(work / "mlap.parquet", words, args.mlap_rows, args.tokens_per_row, seed=2)
-    shared = shared_resources(spark, embeddings_config, IndexConfig(), {"flat"}, True)
+    mechanisms = [("tgumbel", {}), ("mlap", {"index_type": "flat"})]
+    shared = shared_resources(spark, embeddings_config, IndexConfig(), mechanisms)
 
     plumbings = ("map", "arrow", "pandas")
     passes = [(label, udf, sink) for label in ("identity", "tgumbel") for udf in plumbings

@@ -180,15 +180,18 @@ _POSITIVE = {(IndexConfig, "neighbours"), (JobConfig, "min_count"), (EmbeddingsC
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML job configuration."""
-    path = Path(path)
+    return parse_config(read_toml(path), source=str(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's document; a missing or malformed file is a ConfigError."""
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        with Path(path).open("rb") as handle:
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return parse_config(document, source=str(path))
 
 
 def parse_config(document: dict[str, Any], source: str = "<config>") -> Config:

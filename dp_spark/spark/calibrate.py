@@ -29,7 +29,7 @@ from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config
 from dp_spark.mechanisms import MECHANISMS
 from dp_spark.spark.io import HadoopFileSystem
 from dp_spark.spark.perturber import SharedResources, shared_resources
-from dp_spark.spark.resources import complete_params, resource_needs, runtime_for
+from dp_spark.spark.resources import complete_params, runtime_for
 from dp_spark.stats import bisect_epsilon, frequency_band, plausible_deniability, stratified_sample
 
 log = logging.getLogger("dp_spark.calibrate")
@@ -61,8 +61,7 @@ def calibrate(
     index = index or IndexConfig()
     params = {name: complete_params(name, settings.params.get(name, {}), index.type) for name in settings.mechanisms}
     settings = dataclasses.replace(settings, params=params)
-    index_types, need_neighbours = resource_needs(list(params.items()))
-    shared = shared_resources(spark, embeddings, index, index_types, need_neighbours)
+    shared = shared_resources(spark, embeddings, index, list(params.items()))
     runtime = shared.runtime
     vocabulary = runtime.vocabulary
     words = stratified_sample(len(vocabulary), settings.sample_size, settings.seed)

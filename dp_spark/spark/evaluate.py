@@ -34,7 +34,6 @@ import json
 import logging
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,12 @@ from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer, StringIndexer
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dp_spark.config import ConfigError, parse_config
+from dp_spark.config import ConfigError, parse_config, read_toml
 from dp_spark.evaluation import accuracy, compare_at_equal_survival, macro_f1, plot, report, summarise, verdict
 from dp_spark.mechanisms import MECHANISMS
 from dp_spark.spark.io import HadoopFileSystem, read_input
 from dp_spark.spark.perturber import DPTextPerturber, perturb_columns, shared_resources
-from dp_spark.spark.resources import complete_params, resource_needs
+from dp_spark.spark.resources import complete_params
 from dp_spark.stats import plausible_deniability, stratified_sample
 
 log = logging.getLogger("dp_spark.evaluate")
@@ -75,13 +74,7 @@ class EvaluationSettings:
 
 def load_evaluation_config(path: str) -> tuple[Any, EvaluationSettings]:
     """The [input]/[embeddings]/[index] sections (perturb job syntax) and [evaluation]."""
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    document = read_toml(path)
     section = document.pop("evaluation", None)
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: missing section [evaluation]")
@@ -163,8 +156,7 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
 
     params = {name: complete_params(name, settings.params.get(name, {}), config.index.type)
               for name in settings.epsilons}
-    index_types, need_neighbours = resource_needs(list(params.items()))
-    shared = shared_resources(spark, config.embeddings, config.index, index_types, need_neighbours)
+    shared = shared_resources(spark, config.embeddings, config.index, list(params.items()))
     runtime = shared.runtime
     sample = stratified_sample(len(runtime.vocabulary), settings.nw_sample)
 

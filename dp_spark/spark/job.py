@@ -47,7 +47,7 @@ from dp_spark.spark.perturber import (
     perturb_columns,
     shared_resources,
 )
-from dp_spark.spark.resources import complete_params, resource_needs
+from dp_spark.spark.resources import complete_params
 from dp_spark.stats import QUANTILES, ColumnStatistics, plausible_deniability, stratified_sample, summarize
 
 log = logging.getLogger("dp_spark.perturb")
@@ -247,9 +247,9 @@ def _run(
 
 
 def _resources(spark: SparkSession, config: Config) -> SharedResources:
-    index_types, need_neighbours = resource_needs([(c.mechanism, _params(config, c)) for c in config.columns])
     log.info("loading embeddings (%s) and building index/neighbour table", config.embeddings.source)
-    return shared_resources(spark, config.embeddings, config.index, index_types, need_neighbours)
+    mechanisms = [(c.mechanism, _params(config, c)) for c in config.columns]
+    return shared_resources(spark, config.embeddings, config.index, mechanisms)
 
 
 def _params(config: Config, column: Any) -> dict[str, Any]:

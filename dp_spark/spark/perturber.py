@@ -105,10 +105,11 @@ def shared_resources(
     spark: SparkSession,
     embeddings: EmbeddingsConfig,
     index: IndexConfig,
-    index_types: set[str],
-    need_neighbours: bool,
+    mechanisms: list[tuple[str, dict[str, Any]]],
 ) -> SharedResources:
-    """Build (or reuse, within this driver) and broadcast the resources."""
+    """Build (or reuse, within this driver) and broadcast the resources that
+    ``mechanisms`` (name, complete params) need."""
+    index_types, need_neighbours = resource_needs(mechanisms)
     key = (embeddings, index.neighbours, index.cache_dir, frozenset(index_types), need_neighbours)
     cached = _driver_cache.get(key)
     if cached is None or cached.broadcast._sc is not spark.sparkContext:
@@ -205,15 +206,11 @@ class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
     def _resources(self, spark: SparkSession) -> SharedResources:
         if self._shared is None:
             name = self.getOrDefault(self.mechanism)
-            index_types, need_neighbours = (
-                resource_needs([(name, self.mechanism_params())]) if self._custom_mechanism is None else (set(), False)
-            )
             self._shared = shared_resources(
                 spark,
                 self._embeddings_config or EmbeddingsConfig(vocab_size=self.getOrDefault(self.vocabSize)),
                 IndexConfig(neighbours=self.getOrDefault(self.neighbours)),
-                index_types,
-                need_neighbours,
+                [] if self._custom_mechanism is not None else [(name, self.mechanism_params())],
             )
         return self._shared
 

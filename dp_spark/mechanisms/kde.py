@@ -29,6 +29,7 @@ bound it on a small vocabulary.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,6 @@ class KernelDensity(ExponentialMechanism):
         top = kernel.max(axis=1, keepdims=True)
         density = top[:, 0] + np.log(np.exp(kernel - top).sum(axis=1))
         self.log_prior = density - (density.max() + math.log(np.exp(density - density.max()).sum()))
-        self._graph: tuple[np.ndarray, np.ndarray] | None = None
 
     def distance_score(self, distances: np.ndarray) -> np.ndarray:
         return -self.epsilon / 2 * distances
@@ -94,9 +94,7 @@ class KernelDensity(ExponentialMechanism):
     def _metropolis_hastings(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         offsets, adjacent = self.graph
         degree = np.diff(offsets)
-        # Per word: log prior minus log degree, the part of the acceptance
-        # ratio that does not depend on the input word.
-        node_weight = (self.log_prior - np.log(degree)).astype(np.float32)
+        node_weight = self._node_weight
         vectors = self.embeddings.vectors
         origin = vectors[ids]
         state = ids.copy()
@@ -125,19 +123,23 @@ class KernelDensity(ExponentialMechanism):
             state_distance[accept] = distance[accept]
         return state
 
-    @property
+    @cached_property
     def graph(self) -> tuple[np.ndarray, np.ndarray]:
         """The neighbour table's edges made symmetric, as CSR (offsets, neighbours)."""
-        if self._graph is None:
-            size = self.embeddings.size
-            table = self.neighbours.ids.astype(np.int64)
-            sources = np.repeat(np.arange(size), table.shape[1])
-            codes = np.sort(np.concatenate([sources * size + table.ravel(), table.ravel() * size + sources]))
-            # Drop repeated edges (sort and compare: np.unique's default path is far slower here).
-            codes = codes[np.concatenate([[True], codes[1:] != codes[:-1]])]
-            offsets = np.searchsorted(codes // size, np.arange(size + 1))
-            self._graph = (offsets, codes % size)
-        return self._graph
+        size = self.embeddings.size
+        table = self.neighbours.ids.astype(np.int64)
+        sources = np.repeat(np.arange(size), table.shape[1])
+        codes = np.sort(np.concatenate([sources * size + table.ravel(), table.ravel() * size + sources]))
+        # Drop repeated edges (sort and compare: np.unique's default path is far slower here).
+        codes = codes[np.concatenate([[True], codes[1:] != codes[:-1]])]
+        offsets = np.searchsorted(codes // size, np.arange(size + 1))
+        return offsets, codes % size
+
+    @cached_property
+    def _node_weight(self) -> np.ndarray:
+        """Per word: log prior minus log degree, the part of the acceptance
+        ratio that does not depend on the input word."""
+        return (self.log_prior - np.log(np.diff(self.graph[0]))).astype(np.float32)
 
     def mh_total_variation(self, word: int) -> float:
         """Total variation between the chain's output law from ``word`` and the

@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 from dp_spark.calibration import Refusal, bracket, describe_crossing, plot, report, summary_table
 from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config
 from dp_spark.mechanisms import MECHANISMS
-from dp_spark.spark.io import HadoopFileSystem
+from dp_spark.spark.io import HadoopFileSystem, write_plot, write_result_table
 from dp_spark.spark.perturber import SharedResources, shared_resources
 from dp_spark.spark.resources import complete_params, runtime_for
 from dp_spark.stats import bisect_epsilon, frequency_band, plausible_deniability, stratified_sample
@@ -104,17 +104,8 @@ def calibrate(
     locations = {name: f"{output_root.rstrip('/')}/{name}" for name in
                  ("calibration_words", "calibration_summary", "calibration.png", "calibration.md")}
     for name, frame in (("calibration_words", measured), ("calibration_summary", summary)):
-        df = spark.createDataFrame(frame)
-        # An all-null column (no refusal: no reason) has no type; call it a string.
-        df = df.select([
-            df[f.name].cast("string") if isinstance(f.dataType, T.NullType) else df[f.name] for f in df.schema
-        ]).coalesce(1)
-        df.write.mode("overwrite").parquet(locations[name])
-        df.write.mode("overwrite").option("header", "true").csv(locations[name] + ".csv")
-    try:
-        fs.write_bytes(locations["calibration.png"], plot(summary, floors))
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'dp-spark[plot]'): no plot written")
+        write_result_table(spark, frame, locations[name])
+    if not write_plot(fs, locations["calibration.png"], lambda: plot(summary, floors)):
         del locations["calibration.png"]
     text = report(summary, crossings, {
         "sample_size": len(words), "draws": settings.draws, "seed": settings.seed,

@@ -49,7 +49,7 @@ from pyspark.sql import functions as F
 from dp_spark.config import ConfigError, parse_config, read_toml
 from dp_spark.evaluation import accuracy, compare_at_equal_survival, macro_f1, plot, report, summarise, verdict
 from dp_spark.mechanisms import MECHANISMS
-from dp_spark.spark.io import HadoopFileSystem, read_input
+from dp_spark.spark.io import HadoopFileSystem, read_input, write_plot, write_result_table
 from dp_spark.spark.perturber import DPTextPerturber, perturb_columns, shared_resources
 from dp_spark.spark.resources import complete_params
 from dp_spark.stats import plausible_deniability, stratified_sample
@@ -196,20 +196,15 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
 
     results = pd.DataFrame(points)
     summary = summarise(results)
-    comparison = (compare_at_equal_survival(results, "tgumbel", "mlap")
-                  if {"tgumbel", "mlap"} <= set(settings.epsilons) else pd.DataFrame())
-    text = verdict(comparison, "tgumbel", "mlap") if {"tgumbel", "mlap"} <= set(settings.epsilons) else ""
+    compared = {"tgumbel", "mlap"} <= set(settings.epsilons)
+    comparison = compare_at_equal_survival(results, "tgumbel", "mlap") if compared else pd.DataFrame()
+    text = verdict(comparison, "tgumbel", "mlap") if compared else ""
     fs = HadoopFileSystem(spark, output_root)
     root = output_root.rstrip("/")
     for name, frame in (("evaluation_points", results), ("evaluation_summary", summary)):
-        out = spark.createDataFrame(frame.replace([np.inf], np.nan)).coalesce(1)
-        out.write.mode("overwrite").parquet(f"{root}/{name}")
-        out.write.mode("overwrite").option("header", "true").csv(f"{root}/{name}.csv")
-    try:
-        fs.write_bytes(f"{root}/evaluation.png", plot(summary, f"{dataset}: test utility against plausible "
-                                                               "deniability (mean +- sd over seeds)"))
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'dp-spark[plot]'): no plot written")
+        write_result_table(spark, frame, f"{root}/{name}")
+    title = f"{dataset}: test utility against plausible deniability (mean +- sd over seeds)"
+    write_plot(fs, f"{root}/evaluation.png", lambda: plot(summary, title))
     fs.write_text(f"{root}/evaluation.md", report(dataset, summary, comparison, text, {
         "command": command, "rows": rows, "test_fraction": settings.test_fraction, "seeds": list(settings.seeds),
         "perturb_test": settings.perturb_test, "nw_sample": len(sample), "nw_draws": settings.nw_draws,

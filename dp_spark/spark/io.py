@@ -1,13 +1,17 @@
 """Reading the input, writing the perturbed table atomically, and small files
-(manifests) on whatever filesystem the output lives on (local, HDFS, S3...)."""
+(manifests, result tables, plots) on whatever filesystem the output lives on
+(local, HDFS, S3...)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from dp_spark.config import InputConfig, OutputConfig
 
@@ -66,6 +70,30 @@ class HadoopFileSystem:
             return "\n".join(lines)
         finally:
             stream.close()
+
+
+def write_result_table(spark: SparkSession, frame: pd.DataFrame, location: str) -> None:
+    """A small driver-side result table as one Parquet file at ``location``
+    and one CSV file at ``location``.csv. Infinities are written as null, and
+    a column with no value at all (which has no type) as strings."""
+    df = spark.createDataFrame(frame.replace([np.inf], np.nan))
+    df = df.select([
+        df[f.name].cast("string") if isinstance(f.dataType, T.NullType) else df[f.name] for f in df.schema
+    ]).coalesce(1)
+    df.write.mode("overwrite").parquet(location)
+    df.write.mode("overwrite").option("header", "true").csv(location + ".csv")
+
+
+def write_plot(fs: HadoopFileSystem, location: str, render: Callable[[], bytes]) -> bool:
+    """Write the PNG that ``render`` draws; without matplotlib, warn and
+    return False."""
+    try:
+        png = render()
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'dp-spark[plot]'): no plot written")
+        return False
+    fs.write_bytes(location, png)
+    return True
 
 
 def read_input(spark: SparkSession, config: InputConfig, partitions: dict[str, str]) -> DataFrame:

@@ -99,10 +99,11 @@ def earlier_releases(
 
 
 def composed_epsilon(earlier: list[LedgerEntry], epsilon: float) -> float:
-    """Epsilon per token after this run: one term per distinct earlier release."""
-    distinct = {(e.partition, e.seed_fingerprint, e.row_key, e.output_column, e.mechanism): e.epsilon
+    """Epsilon per token after this run: one term per distinct earlier release
+    (runs that replayed one another's noise count once)."""
+    distinct = {(e.partition, e.seed_fingerprint, e.row_key, e.output_column, e.mechanism, e.epsilon)
                 for e in earlier}
-    return epsilon + sum(distinct.values())
+    return epsilon + sum(release[-1] for release in distinct)
 
 
 def check_recomposition(

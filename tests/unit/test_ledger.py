@@ -79,3 +79,10 @@ def test_several_releases_of_one_column_add_up_and_replay_together():
     with pytest.raises(RecompositionRefused):  # same seed, another mechanism: other noise
         check_recomposition(earlier, "reviews", "ds=1", [Release("text", "text_mlap", "santext", 10.0)],
                             "aaa", "id:id", allow=False)
+
+
+def test_releases_of_one_seed_at_different_epsilons_each_count():
+    """The same seed at another epsilon draws other outputs: a release of its own."""
+    entries = [entry(epsilon=10.0), entry(epsilon=5.0, run="r2")]
+    totals = check_recomposition(entries, "reviews", "ds=1", releases(1.0), "bbb", "id:id", allow=True)
+    assert totals == {"text": 16.0}

@@ -22,10 +22,12 @@ import numpy as np
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
+_ALL_BITS = np.uint64(2**64 - 1)
 
 
 class TokenRandom(ABC):
-    """Uniform draws in [0, 1) for a batch of tokens."""
+    """Uniform draws strictly inside (0, 1) for a batch of tokens: samplers
+    take logarithms of u and of 1 - u, so neither end may ever come out."""
 
     @property
     @abstractmethod
@@ -52,7 +54,8 @@ class GeneratorRandom(TokenRandom):
         return self._size
 
     def uniform(self, stream: int, columns: int, dtype: type = np.float64) -> np.ndarray:
-        return self.generator.random((self._size, columns), dtype=dtype)
+        words = self.generator.integers(0, _ALL_BITS, (self._size, columns), dtype=np.uint64, endpoint=True)
+        return open_unit_interval(words, dtype)
 
     def restrict(self, rows: np.ndarray) -> "GeneratorRandom":
         return GeneratorRandom(self.generator, len(rows))
@@ -73,15 +76,23 @@ class KeyedRandom(TokenRandom):
         with np.errstate(over="ignore"):
             base = mix64(self.token_keys + np.uint64(stream + 1) * _GOLDEN)
             words = base[:, None] + np.arange(1, columns + 1, dtype=np.uint64)[None, :] * _GOLDEN
-        words = mix64(words)
-        if dtype == np.float32:
-            top = (words >> np.uint64(40)).astype(np.float32)
-            return (top + np.float32(0.5)) * np.float32(2.0**-24)
-        top = (words >> np.uint64(11)).astype(np.float64)
-        return (top + 0.5) * 2.0**-53
+        return open_unit_interval(mix64(words), dtype)
 
     def restrict(self, rows: np.ndarray) -> "KeyedRandom":
         return KeyedRandom(self.token_keys[rows])
+
+
+def open_unit_interval(words: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Uniforms strictly inside (0, 1) from random 64-bit words: the top b
+    bits t give (t + 1/2) 2^-b, with b = 52 for float64 and 23 for float32,
+    one bit fewer than the mantissa so that the largest value, 1 - 2^-(b+1),
+    is representable and never rounds up to 1 (with b = 53, as in
+    ``Generator.random``, it would: one word in 2^53 gave exactly 1.0)."""
+    if dtype == np.float32:
+        top = (words >> np.uint64(41)).astype(np.float32)
+        return (top + np.float32(0.5)) * np.float32(2.0**-23)
+    top = (words >> np.uint64(12)).astype(np.float64)
+    return (top + 0.5) * 2.0**-52
 
 
 def as_token_random(rng: np.random.Generator | TokenRandom, size: int) -> TokenRandom:
@@ -110,6 +121,15 @@ def derive_key(secret: bytes, *parts: object) -> int:
         "\x1f".join(str(p) for p in parts).encode("utf-8"), key=secret[:64], digest_size=8
     )
     return int.from_bytes(digest.digest(), "little")
+
+
+def release_key(secret: bytes, descriptor: str) -> int:
+    """The noise key of one release: the seed together with everything that
+    defines the release (input and output column, mechanism, epsilon, every
+    parameter, row keying; ``descriptor`` is their canonical JSON). Two
+    releases differing in any of these draw independent noise, so their
+    privacy losses compose; only an identical release replays its noise."""
+    return derive_key(secret, "release", descriptor)
 
 
 def seed_fingerprint(seed: bytes) -> str:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.guarantees import Guarantee
 from dp_spark.randomness import TokenRandom, as_token_random
 
 OOV_POLICIES = ("keep", "drop", "replace")
@@ -80,9 +81,15 @@ class Mechanism(ABC):
             out = out[known]
         return out.tolist()
 
+    def guarantee(self) -> Guarantee:
+        """The privacy guarantee this mechanism provides, as booked by the job
+        and checked by the auditor. A mechanism that does not state one
+        promises nothing."""
+        return Guarantee.none(f"mechanism {self.name!r} states no guarantee")
+
     def describe(self) -> dict[str, Any]:
         """Parameters and derived privacy figures, for statistics tables and manifests."""
-        return {"mechanism": self.name, "epsilon": self.epsilon}
+        return {"mechanism": self.name, "epsilon": self.epsilon, **self.guarantee().to_record()}
 
 
 def positive_float(name: str, value: Any) -> float:
@@ -96,6 +103,15 @@ def positive_float(name: str, value: Any) -> float:
 
 def optional_positive_float(name: str, value: Any) -> float | None:
     return None if value is None else positive_float(name, value)
+
+
+def non_negative_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return value
 
 
 def positive_int(name: str, value: Any) -> int:

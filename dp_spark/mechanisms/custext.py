@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.guarantees import Guarantee
 from dp_spark.index import DEFAULT_NEIGHBOURS, NeighbourTable, neighbour_table
 from dp_spark.mechanisms.base import Mechanism, choice, positive_int
 from dp_spark.mechanisms.exponential import CANDIDATE_STREAM, gumbel
@@ -104,6 +105,12 @@ class CusText(Mechanism):
         out[self._members[word][valid]] = weights[valid] / weights[valid].sum()
         return out
 
+    def guarantee(self) -> Guarantee:
+        if self.strategy == "conservative":
+            return Guarantee.within_sets(self.epsilon)
+        return Guarantee.none("aggressive CusText gives each word its own, overlapping output set, "
+                              "so no two words share a set that bounds their distinguishability")
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
@@ -111,6 +118,4 @@ class CusText(Mechanism):
             "strategy": self.strategy,
             "smallest_set": int(self.set_sizes.min()),
             "singleton_sets": int((self.set_sizes == 1).sum()),
-            "guarantee": "epsilon-LDP within each output set" if self.strategy == "conservative"
-            else "none across overlapping sets",
         }

@@ -36,7 +36,7 @@ ROUND_STREAM = 100  # round r draws on stream ROUND_STREAM + r
 
 
 def gumbel(u: np.ndarray) -> np.ndarray:
-    """Gumbel(0, 1) from uniforms in [0, 1) (u = 0 gives -inf, probability 0)."""
+    """Gumbel(0, 1) from uniforms in (0, 1)."""
     with np.errstate(divide="ignore"):
         return -np.log(-np.log(u))
 

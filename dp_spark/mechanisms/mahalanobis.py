@@ -36,6 +36,10 @@ def regularized_covariance_root(vectors: np.ndarray, regularization: float) -> n
     return (basis * np.sqrt(np.maximum(values, 0))) @ basis.T
 
 
+def mahalanobis_metric(regularization: float) -> str:
+    return f"regularised Mahalanobis d_RM (lambda = {regularization:g})"
+
+
 class Mahalanobis(MultivariateLaplace):
     name = "mahalanobis"
 
@@ -52,6 +56,7 @@ class Mahalanobis(MultivariateLaplace):
         super().__init__(embeddings, epsilon, index_type=index_type, max_distance=max_distance, index=index)
         self.regularization = fraction("regularization", regularization)
         self.noise_shape = regularized_covariance_root(embeddings.vectors, self.regularization).astype(np.float32)
+        self.metric = mahalanobis_metric(self.regularization)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "regularization": self.regularization, "guarantee": "epsilon-d_RM"}
+        return {**super().describe(), "regularization": self.regularization}

@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.guarantees import EUCLIDEAN, Guarantee
 from dp_spark.index import INDEX_TYPES, build_index, configure_faiss
 from dp_spark.mechanisms.base import Mechanism, choice, optional_positive_float
 from dp_spark.mechanisms.noise import gamma_upper_regularized, laplace_radii, uniform_directions
@@ -63,6 +64,13 @@ class MultivariateLaplace(Mechanism):
         if self.max_distance is None:
             return 0.0
         return gamma_upper_regularized(self.embeddings.dim, self.epsilon * self.max_distance)
+
+    metric = EUCLIDEAN
+
+    def guarantee(self) -> Guarantee:
+        if self.max_distance is None:
+            return Guarantee.pure(self.epsilon, self.metric)
+        return Guarantee.approximate(self.epsilon, self.delta, self.metric)
 
     DIRECTION_STREAM, RADIUS_STREAM = 0, 1
     # Elliptical mechanisms (mahalanobis) set a matrix S: noise r S u.

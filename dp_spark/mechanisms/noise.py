@@ -42,7 +42,7 @@ def laplace_radii(rng: TokenRandom, stream: int, dim: int, epsilon: float) -> np
 def truncated_gumbel(u: np.ndarray, scale: float, bound: float) -> np.ndarray:
     """Gumbel(0, scale) conditioned on |g| <= bound, by inverse CDF on the
     truncated range (exact, no rejection loop), from float32 uniforms in
-    [0, 1), transformed in place."""
+    (0, 1), transformed in place."""
     low = math.exp(-math.exp(bound / scale))
     high = math.exp(-math.exp(-bound / scale))
     u *= np.float32(high - low)
@@ -80,7 +80,7 @@ def truncated_poisson_cdf(lam: float, max_k: int) -> np.ndarray:
 
 def sample_from_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draws of k (int64) from a table ``cdf[k] = P[K <= k]`` and
-    uniforms in [0, 1): k = #{j : cdf[j] <= u}."""
+    uniforms in (0, 1): k = #{j : cdf[j] <= u}."""
     return np.searchsorted(cdf, u, side="right").astype(np.int64)
 
 

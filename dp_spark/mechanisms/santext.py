@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.guarantees import Guarantee
 from dp_spark.index import NeighbourTable
 from dp_spark.mechanisms.base import fraction, optional_fraction
 from dp_spark.mechanisms.exponential import ExponentialMechanism
@@ -73,6 +74,14 @@ class SanText(ExponentialMechanism):
         out[rows] = super()._perturb_in_vocabulary(ids[rows], rng.restrict(rows))
         return out
 
+    def guarantee(self) -> Guarantee:
+        if self.sensitive_fraction is None:
+            return Guarantee.pure(self.epsilon)
+        return Guarantee.none(
+            "SanText+ keeps a non-sensitive word unchanged with probability 1 - p and never outputs "
+            "one otherwise, so a sensitive input can never produce what a non-sensitive one often does"
+        )
+
     def describe(self) -> dict[str, Any]:
         plus = self.sensitive_fraction is not None
         return {
@@ -80,5 +89,4 @@ class SanText(ExponentialMechanism):
             "variant": "santext+" if plus else "santext",
             "sensitive_fraction": self.sensitive_fraction,
             "p": self.p if plus else None,
-            "guarantee": "unverified (SanText+)" if plus else "epsilon-d_X",
         }

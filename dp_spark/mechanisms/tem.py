@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.guarantees import Guarantee
 from dp_spark.index import NeighbourTable
 from dp_spark.mechanisms.base import fraction
 from dp_spark.mechanisms.exponential import ExponentialMechanism
@@ -48,5 +49,8 @@ class TruncatedExponential(ExponentialMechanism):
     def distance_score(self, distances: np.ndarray) -> np.ndarray:
         return -self.epsilon / 2 * np.minimum(distances, self.gamma)
 
+    def guarantee(self) -> Guarantee:
+        return Guarantee.pure(self.epsilon)
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "beta": self.beta, "gamma": self.gamma, "guarantee": "epsilon-d_X"}
+        return {**super().describe(), "beta": self.beta, "gamma": self.gamma}

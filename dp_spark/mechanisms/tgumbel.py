@@ -4,7 +4,8 @@ Xu, Feyisetan, Aggarwal, Xu, Teissier. "Density-aware differentially private
 textual perturbations using truncated Gumbel noise". FLAIRS 2021 (best paper).
 
 Per token w:
-1. k ~ Poisson(lambda) conditioned on k <= |V| - 1, lambda = ln(|V| - 1).
+1. k ~ Poisson(lambda) conditioned on k <= |V| - 1; lambda = ``poisson_rate``,
+   by default ln(|V| - 1) (the reference code's choice).
 2. Candidates: w itself (distance 0) and its k nearest neighbours (k + 1 in
    all, as the authors describe it; the public reference code takes k - 1
    neighbours, an off-by-one). k = 0 outputs w.
@@ -24,7 +25,19 @@ so this one refuses. ``describe()`` reports b and the epsilon it buys,
     epsilon(b) = 2 (1 + ln |V|) / Delta_min + 3 e^(2 Delta_max / b) max(1/b, 1/Delta_min).
 On GloVe 6B 50d (100k words) Delta_min = 0.351 (monday/tuesday): epsilon_min ~ 80.
 Because b falls only logarithmically with epsilon, N_w barely moves with
-epsilon: the utility comes from the kNN truncation.
+epsilon: the utility comes from the kNN truncation, and the knob that moves
+privacy is the Poisson rate (more candidates, fewer survivals).
+
+Guarantee: none, and this module books none. The calibration above is the
+reference code's; it is not a bound this mechanism satisfies. A word y
+outside w's nearest neighbours can only be output from w when k reaches y's
+rank, whose probability falls like lambda^r / r!: for r beyond ~50 (at the
+default lambda) it is below double precision, so y is impossible from w and
+likely from y's own neighbours, and no epsilon-d_X inequality holds (measured
+on the default vocabulary: "london" never gives "the" in 20,000 draws at
+epsilon 100, while "the" gives itself with probability 0.14). Even uncapped,
+the ratio grows like r! with the rank, far beyond any useful epsilon. The
+auditor computes the exact law by quadrature and reports the loss.
 
 No search on the hot path: candidates and distances are gathered from the
 neighbour table; only the rare k > K falls back to an exact scan.
@@ -45,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.guarantees import Guarantee
 from dp_spark.index import (
     DEFAULT_NEIGHBOURS,
     NeighbourTable,
@@ -52,7 +66,7 @@ from dp_spark.index import (
     nearest_other_words,
     neighbour_table,
 )
-from dp_spark.mechanisms.base import Mechanism, optional_positive_float
+from dp_spark.mechanisms.base import Mechanism, non_negative_float, optional_positive_float
 from dp_spark.mechanisms.noise import (
     lambert_w0,
     sample_from_cdf,
@@ -107,10 +121,13 @@ class TruncatedGumbel(Mechanism):
         epsilon: float,
         *,
         max_distance: float | None = None,
+        poisson_rate: float | None = None,
         neighbours: NeighbourTable | None = None,
     ) -> None:
         super().__init__(embeddings, epsilon)
         self.max_distance = optional_positive_float("max_distance", max_distance)
+        if poisson_rate is not None:
+            poisson_rate = non_negative_float("poisson_rate", poisson_rate)
         if embeddings.size < 2:
             raise ValueError("the truncated Gumbel mechanism needs at least 2 vocabulary words")
         if neighbours is None:
@@ -127,7 +144,9 @@ class TruncatedGumbel(Mechanism):
                 "is valid for the truncated Gumbel mechanism; deduplicate the embeddings"
             )
         self.scale = gumbel_scale(self.epsilon, size, self.min_distance, self.diameter)
-        self.poisson_rate = math.log(size - 1) if size > 2 else 0.0
+        if poisson_rate is None:
+            poisson_rate = math.log(size - 1) if size > 2 else 0.0
+        self.poisson_rate = poisson_rate
         self.k_cdf = truncated_poisson_cdf(self.poisson_rate, size - 1)
         # Column 0 is the word itself at distance 0, then its neighbours.
         self._candidate_ids = np.hstack(
@@ -218,6 +237,13 @@ class TruncatedGumbel(Mechanism):
         else:
             scores[np.arange(width)[None, :] > k[:, None]] = np.inf
         return scores.argmin(axis=1)
+
+    def guarantee(self) -> Guarantee:
+        return Guarantee.none(
+            "kNN truncation makes words beyond a word's nearest neighbours impossible outputs for it "
+            "and possible ones for others, so no epsilon-d_X bound holds (the calibration of the "
+            "Gumbel scale is the reference code's, not a proof)"
+        )
 
     def describe(self) -> dict[str, Any]:
         size = self.embeddings.size

@@ -24,7 +24,7 @@ import numpy as np
 
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms.base import choice, fraction
-from dp_spark.mechanisms.mahalanobis import regularized_covariance_root
+from dp_spark.mechanisms.mahalanobis import mahalanobis_metric, regularized_covariance_root
 from dp_spark.mechanisms.mlap import MultivariateLaplace
 from dp_spark.randomness import TokenRandom
 
@@ -54,6 +54,7 @@ class Vickrey(MultivariateLaplace):
         self.regularization = fraction("regularization", regularization)
         if self.base == "mahalanobis":
             self.noise_shape = regularized_covariance_root(embeddings.vectors, self.regularization).astype(np.float32)
+            self.metric = mahalanobis_metric(self.regularization)
 
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         if len(ids) == 0:
@@ -76,5 +77,4 @@ class Vickrey(MultivariateLaplace):
             "threshold": self.threshold,
             "base": self.base,
             "regularization": self.regularization if self.base == "mahalanobis" else None,
-            "guarantee": "epsilon-d_X" if self.base == "mlap" else "epsilon-d_RM",
         }

@@ -155,3 +155,36 @@ def test_keyed_randomness_makes_output_independent_of_batching(mechanism):
     for part in parts:
         np.testing.assert_array_equal(mechanism.perturb(ids[part], KeyedRandom(keys[part])), whole[part])
     assert (whole != mechanism.perturb(ids, KeyedRandom(keys + np.uint64(1)))).mean() > 0.05
+
+
+BOOKED = {
+    "mlap": ("pure", "euclidean"),
+    "tgumbel": ("none", None),
+    "kde": ("pure", "euclidean"),
+    "mahalanobis": ("pure", "regularised Mahalanobis d_RM (lambda = 0.2)"),
+    "vickrey": ("pure", "euclidean"),
+    "tem": ("pure", "euclidean"),
+    "santext": ("pure", "euclidean"),
+    "custext": ("within_sets", "0/1 within an output set, unbounded across sets"),
+    "tgumbel-max_distance": ("none", None),
+    "kde-sampler": ("none", None),
+    "santext-sensitive_fraction": ("none", None),
+    "custext-strategy": ("none", None),
+    "vickrey-base": ("pure", "regularised Mahalanobis d_RM (lambda = 0.2)"),
+    "mlap-max_distance": ("approximate", "euclidean"),
+}
+
+
+def test_each_mechanism_books_the_guarantee_it_provides(mechanism, request):
+    """tgumbel, kde mh, santext+ and aggressive custext promise nothing; the
+    others promise epsilon per unit of their metric, mlap with max_distance
+    with delta_R on top (the regression: tgumbel booked epsilon 100)."""
+    kind, metric = BOOKED[request.node.callspec.id]
+    guarantee = mechanism.guarantee()
+    assert (guarantee.kind, guarantee.metric) == (kind, metric)
+    if kind == "none":
+        assert guarantee.epsilon is None and guarantee.statement.startswith("no guarantee")
+    else:
+        assert guarantee.epsilon == mechanism.epsilon
+    assert (guarantee.delta > 0) == (kind == "approximate")
+    assert mechanism.describe()["guarantee"] == kind

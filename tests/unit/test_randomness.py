@@ -11,6 +11,8 @@ from dp_spark.randomness import (
     KeyedRandom,
     as_token_random,
     derive_key,
+    open_unit_interval,
+    release_key,
     token_keys,
 )
 from tests.stats.distributions import P_VALUE_THRESHOLD, chi_square_gof
@@ -50,11 +52,38 @@ def test_keyed_draws_depend_only_on_the_key():
 
 def test_generator_source_draws_in_open_interval_and_checks_size():
     u = GeneratorRandom(np.random.default_rng(0), 1000).uniform(0, 4, np.float32)
-    assert u.shape == (1000, 4) and (u >= 0).all() and (u < 1).all()
+    assert u.shape == (1000, 4) and (u > 0).all() and (u < 1).all()
     with pytest.raises(ValueError, match="covers 3 tokens, the batch has 4"):
         as_token_random(KeyedRandom(np.zeros(3, np.uint64)), 4)
     with pytest.raises(TypeError):
         as_token_random(42, 4)
+
+
+def test_a_key_whose_word_is_all_ones_still_draws_below_one():
+    """Regression: with 53 bits, (2^53 - 1/2) 2^-53 rounded up to exactly 1.0,
+    and mlap then returned id -1 (log(1 - u) = -inf) on every retry."""
+    assert KeyedRandom(np.array([9341603376841967378], np.uint64)).uniform(1, 1)[0, 0] < 1.0
+    extremes = np.array([0, 2**64 - 1], dtype=np.uint64)
+    for dtype in (np.float64, np.float32):
+        u = open_unit_interval(extremes, dtype)
+        assert u.dtype == dtype and 0 < u[0] and u[1] < 1
+
+
+def test_generator_uniforms_never_hit_zero_or_one_at_the_ends():
+    """The generator path draws the same (t + 1/2) 2^-b grid: its extremes are inside too."""
+    class Extremes:
+        def integers(self, low, high, size, dtype, endpoint):
+            return np.resize(np.array([0, 2**64 - 1], dtype=np.uint64), size)
+
+    for dtype in (np.float64, np.float32):
+        u = GeneratorRandom(Extremes(), 2).uniform(0, 2, dtype)
+        assert (u > 0).all() and (u < 1).all()
+
+
+def test_release_keys_differ_with_every_part_of_the_release():
+    assert release_key(b"s", '{"epsilon": 12}') == release_key(b"s", '{"epsilon": 12}')
+    assert release_key(b"s", '{"epsilon": 12}') != release_key(b"s", '{"epsilon": 12, "max_distance": 3}')
+    assert release_key(b"s", '{"epsilon": 12}') != release_key(b"t", '{"epsilon": 12}')
 
 
 def test_token_keys_follow_rows_not_batches():

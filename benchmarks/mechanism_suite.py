@@ -97,6 +97,36 @@ def per_word_distance_tgumbel(mechanism, ids, rng):
     return out
 
 
+def per_word_diffractor(mechanism, ids, rng):
+    """The peer package's loop: per word, a noisy position on every list (two
+    geometric draws and a clamp, or TEM's Gumbel-max over the window and a
+    bottom element), then a uniform choice among the lists' outputs."""
+    orders, positions = mechanism.word_lists.orders, mechanism.word_lists.positions
+    size, epsilon, gamma = mechanism.embeddings.size, mechanism.epsilon, mechanism.gamma
+    out = []
+    for word in ids:
+        candidates = []
+        for order, position in zip(orders, positions):
+            j = int(position[word])
+            if mechanism.method == "geometric":
+                p = 1 - math.exp(-epsilon)
+                noisy = min(max(j + int(rng.geometric(p)) - int(rng.geometric(p)), 0), size - 1)
+            else:
+                window = range(max(0, j - gamma), min(size, j + gamma + 1))
+                scores = [-abs(i - j) + rng.gumbel(0, 2 / epsilon) for i in window]
+                outside = size - len(window)
+                bottom = -gamma + 2 / epsilon * math.log(outside) + rng.gumbel(0, 2 / epsilon) if outside else -math.inf
+                best = max(range(len(scores)), key=scores.__getitem__)
+                if scores[best] > bottom:
+                    noisy = window[best]
+                else:
+                    m = int(rng.integers(outside))
+                    noisy = m if m < window.start else window.stop + m - window.start
+            candidates.append(int(order[noisy]))
+        out.append(candidates[int(rng.integers(len(candidates)))])
+    return out
+
+
 def exponential_scores(mechanism, word, distances):
     return mechanism.scores(np.arange(len(distances))[None, :], distances[None, :])[0]
 
@@ -113,6 +143,9 @@ CASES = [
     ("santext", "santext", 5.0, {}, False, per_word_exponential(exponential_scores)),
     ("santext", "santext", 10.0, {}, False, per_word_exponential(exponential_scores)),
     ("custext (conservative)", "custext", 5.0, {}, False, per_word_custext),
+    ("diffractor (geometric)", "diffractor", 1.0, {}, False, per_word_diffractor),
+    ("diffractor (geometric), 5 lists", "diffractor", 1.0, {"lists": 5}, False, per_word_diffractor),
+    ("diffractor (tem)", "diffractor", 1.0, {"method": "tem"}, False, per_word_diffractor),
     ("mlap, max_distance 7.5", "mlap", 10.0, {"max_distance": 7.5}, True, per_word_search(1)),
     ("mahalanobis", "mahalanobis", 10.0, {}, True, per_word_search(1)),
     ("vickrey", "vickrey", 10.0, {}, True, per_word_search(2)),

@@ -8,6 +8,7 @@ from typing import Any
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms.base import Mechanism
 from dp_spark.mechanisms.custext import CusText
+from dp_spark.mechanisms.diffractor import Diffractor
 from dp_spark.mechanisms.kde import KernelDensity
 from dp_spark.mechanisms.mahalanobis import Mahalanobis
 from dp_spark.mechanisms.mlap import MultivariateLaplace
@@ -20,7 +21,7 @@ MECHANISMS: dict[str, type[Mechanism]] = {
     cls.name: cls
     for cls in (
         MultivariateLaplace, TruncatedGumbel, KernelDensity, Mahalanobis, Vickrey,
-        TruncatedExponential, SanText, CusText,
+        TruncatedExponential, SanText, CusText, Diffractor,
     )
 }
 

@@ -99,6 +99,10 @@ log = logging.getLogger(__name__)
 
 METHODS = ("geometric", "tem")
 DEFAULT_GAMMA = 5
+# Smaller vocabularies build their lists in a fraction of a second, so they
+# are not cached: the config check's stand-in vocabulary and test fixtures
+# stay out of the user's cache.
+CACHE_MIN_WORDS = 10_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,11 +159,12 @@ def cached_word_lists(
 ) -> WordLists:
     """The ``count`` greedy lists of ``embeddings`` started from ``seed``,
     from the on-disk cache when it holds them for the same (embeddings, count,
-    seed, neighbour-table K), else built and cached."""
+    seed, neighbour-table K), else built and cached (from CACHE_MIN_WORDS words up)."""
     if neighbours is not None and neighbours.fingerprint != embeddings.fingerprint:
         raise ValueError("the neighbour table was built from other embeddings")
     if neighbours is None:
         neighbours = neighbour_table(embeddings, DEFAULT_NEIGHBOURS, cache_dir=cache_dir, use_cache=use_cache)
+    use_cache = use_cache and embeddings.size >= CACHE_MIN_WORDS
     path = Path(cache_dir or default_cache_dir()) / (
         f"diffractor-lists-{embeddings.fingerprint[:20]}-n{count}-seed{seed}-k{neighbours.k}.npz"
     )

@@ -8,7 +8,7 @@ import pytest
 
 from dp_spark.embeddings import Embeddings
 from dp_spark.index import NeighbourTable, build_neighbour_table
-from dp_spark.mechanisms import build_mechanism, mechanism_parameters
+from dp_spark.mechanisms import build_mechanism, diffractor, mechanism_parameters
 from dp_spark.mechanisms.diffractor import (
     Diffractor,
     WordLists,
@@ -64,7 +64,10 @@ def test_starts_are_distinct_and_follow_the_public_seed(small_embeddings, table)
     np.testing.assert_array_equal(lists.orders, build_word_lists(small_embeddings, 4, 9, table).orders)
 
 
-def test_lists_are_cached_by_embeddings_count_and_seed(small_embeddings, table, tmp_path):
+def test_lists_are_cached_by_embeddings_count_and_seed(small_embeddings, table, tmp_path, monkeypatch):
+    cached_word_lists(small_embeddings, 2, 0, table, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # too small to be worth caching
+    monkeypatch.setattr(diffractor, "CACHE_MIN_WORDS", 100)
     first = cached_word_lists(small_embeddings, 2, 0, table, cache_dir=tmp_path)
     (path,) = tmp_path.glob("diffractor-lists-*-n2-seed0-k8.npz")
     again = cached_word_lists(small_embeddings, 2, 0, table, cache_dir=tmp_path)

@@ -8,7 +8,7 @@ holds one entry per distinct word or (original, substitute) pair, not per token.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -24,6 +24,11 @@ def count_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys and how often each occurs."""
     distinct, counts = np.unique(np.asarray(keys, dtype=np.int64), return_counts=True)
     return distinct, counts.astype(np.int64)
+
+
+def add_named_counts(first: Mapping[str, int], second: Mapping[str, int]) -> dict[str, int]:
+    """Sum counts by name over the union of the names."""
+    return {name: first.get(name, 0) + second.get(name, 0) for name in {**first, **second}}
 
 
 def merge_counts(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +47,13 @@ class ColumnStatistics:
 
     Tokens are words (strings) or letter/digit-bearing tokens (token arrays);
     ``perturbed`` are those in the vocabulary, ``oov`` those outside it
-    (passed through, dropped or replaced per the OOV policy: unprotected),
-    ``changed`` the perturbed ones whose output differs from the input.
+    (passed through, dropped or replaced per the OOV policy: never
+    perturbed), ``unprotected`` the OOV tokens passed through as written
+    (policy ``keep``: released without any protection; the other
+    ``oov - unprotected`` were dropped or replaced), ``changed`` the
+    perturbed ones whose output differs from the input. ``entities``: spans
+    (or tokens) replaced by an entity placeholder, per entity type ("url",
+    "email", "phone", "num"); they are not tokens.
     """
 
     vocab_size: int
@@ -54,6 +64,8 @@ class ColumnStatistics:
     oov: int = 0
     changed: int = 0
     skipped: int = 0
+    unprotected: int = 0
+    entities: dict[str, int] = field(default_factory=dict)
     perturbed_per_row: tuple[np.ndarray, np.ndarray] = field(default_factory=_empty)
     words_seen: tuple[np.ndarray, np.ndarray] = field(default_factory=_empty)
     words_changed: tuple[np.ndarray, np.ndarray] = field(default_factory=_empty)
@@ -69,6 +81,8 @@ class ColumnStatistics:
         original_ids: np.ndarray,
         perturbed_ids: np.ndarray,
         skipped: int = 0,
+        unprotected: int = 0,
+        entities: Mapping[str, int] | None = None,
     ) -> "ColumnStatistics":
         """Statistics of one batch: ``token_rows[i]`` is the row of token i,
         ``original_ids``/``perturbed_ids`` its ids (-1 outside the vocabulary)."""
@@ -79,6 +93,8 @@ class ColumnStatistics:
             original_ids=original_ids,
             perturbed_ids=perturbed_ids,
             skipped=skipped,
+            unprotected=unprotected,
+            entities=entities,
         )
         return builder.build()
 
@@ -94,6 +110,8 @@ class ColumnStatistics:
             oov=self.oov + other.oov,
             changed=self.changed + other.changed,
             skipped=self.skipped + other.skipped,
+            unprotected=self.unprotected + other.unprotected,
+            entities=add_named_counts(self.entities, other.entities),
             perturbed_per_row=merge_counts(self.perturbed_per_row, other.perturbed_per_row),
             words_seen=merge_counts(self.words_seen, other.words_seen),
             words_changed=merge_counts(self.words_changed, other.words_changed),
@@ -145,7 +163,10 @@ class StatisticsBuilder:
 
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
-        self.counters = dict(rows=0, null_rows=0, tokens=0, perturbed=0, oov=0, changed=0, skipped=0)
+        self.counters = dict(
+            rows=0, null_rows=0, tokens=0, perturbed=0, oov=0, changed=0, skipped=0, unprotected=0
+        )
+        self.entities: dict[str, int] = {}
         self.per_row = np.zeros(1, np.int64)
         self.seen = np.zeros(vocab_size, np.int64)
         self.changed_words = np.zeros(vocab_size, np.int64)
@@ -161,7 +182,12 @@ class StatisticsBuilder:
         original_ids: np.ndarray,
         perturbed_ids: np.ndarray,
         skipped: int = 0,
+        unprotected: int = 0,
+        entities: Mapping[str, int] | None = None,
     ) -> None:
+        """Count one batch: ``skipped`` tokens that are not words,
+        ``unprotected`` OOV tokens passed through as written, ``entities``
+        replaced per type (see ``ColumnStatistics``)."""
         in_vocabulary = original_ids >= 0
         changed = in_vocabulary & (perturbed_ids != original_ids)
         counters = self.counters
@@ -172,6 +198,9 @@ class StatisticsBuilder:
         counters["oov"] += int(len(original_ids) - in_vocabulary.sum())
         counters["changed"] += int(changed.sum())
         counters["skipped"] += skipped
+        counters["unprotected"] += unprotected
+        if entities:
+            self.entities = add_named_counts(self.entities, entities)
         per_row = np.bincount(token_rows[in_vocabulary], minlength=len(valid_rows))[valid_rows]
         row_counts = np.bincount(per_row)
         if len(row_counts) > len(self.per_row):
@@ -200,6 +229,7 @@ class StatisticsBuilder:
         return ColumnStatistics(
             vocab_size=self.vocab_size,
             **self.counters,
+            entities=dict(self.entities),
             perturbed_per_row=(occupied, self.per_row[occupied]),
             words_seen=(seen, self.seen[seen]),
             words_changed=(changed, self.changed_words[changed]),

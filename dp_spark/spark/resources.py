@@ -21,7 +21,7 @@ from dp_spark.index import (
     serialize_index,
 )
 from dp_spark.mechanisms import Mechanism, build_mechanism, mechanism_class
-from dp_spark.tokenize import Vocabulary, segment
+from dp_spark.tokenize import Vocabulary, word_entries
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,9 @@ def load_embeddings(config: EmbeddingsConfig) -> Embeddings:
 
 
 def only_words(embeddings: Embeddings) -> Embeddings:
-    """The entries that the tokenizer reads as one word (drops ",", "'s", "--"...)."""
-    import pyarrow as pa
-
-    segments = segment(pa.array(embeddings.words.tolist(), pa.string()))
-    single = np.diff(segments.row_offsets) == 1
-    word = np.zeros(embeddings.size, dtype=bool)
-    word[single] = segments.is_word[segments.row_offsets[:-1][single]]
+    """The entries that the tokenizer reads as one word, clitics ("'s", "n't")
+    included (drops ",", "--"...)."""
+    word = word_entries(embeddings.words)
     return Embeddings.from_arrays(embeddings.words[word], embeddings.vectors[word], source="words only")
 
 

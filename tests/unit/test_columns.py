@@ -11,6 +11,7 @@ import pytest
 from dp_spark.columns import ColumnPerturbation
 from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms import build_mechanism
+from dp_spark.mechanisms.base import Mechanism
 from dp_spark.randomness import GeneratorRandom
 from dp_spark.stats import StatisticsBuilder
 from dp_spark.tokenize import Vocabulary
@@ -100,3 +101,108 @@ def test_large_epsilon_changes_nothing(embeddings):
     column = pa.array(["The movie was terrible, said Zoe in Paris."])
     out, stats = apply(perturbation(embeddings, "string", epsilon=1e6), column, random_for(0))
     assert out.equals(column) and stats.changed == 0
+
+
+class Substitution(Mechanism):
+    """A stand-in mechanism that replaces words by a fixed table, to check
+    how the text is put back together around what it replaces."""
+
+    name = "substitution"
+
+    def __init__(self, embeddings, table):
+        super().__init__(embeddings, 1.0)
+        self.target = np.arange(embeddings.size)
+        for original, substitute in table.items():
+            self.target[embeddings.ids([original])[0]] = embeddings.ids([substitute])[0]
+
+    def _perturb_in_vocabulary(self, ids, rng):
+        return self.target[ids]
+
+
+VOCABULARY = [
+    "bush", "putin", "'s", "’s", "n't", "'re", "the", "not", "do", "they", "dog", "i", "josé", "finance", "call", "or",
+]
+
+
+@pytest.fixture(scope="module")
+def clitic_embeddings():
+    return Embeddings.from_arrays(VOCABULARY, np.random.default_rng(0).normal(size=(len(VOCABULARY), 4)))
+
+
+def substituted(embeddings, table, texts, kind="string", **options):
+    perturbation = ColumnPerturbation(Substitution(embeddings, table), Vocabulary(embeddings.words), kind, **options)
+    out, stats = apply(perturbation, pa.array(texts), random_for(0))
+    return out.to_pylist(), stats
+
+
+@pytest.mark.parametrize(
+    "table, text, expected",
+    [
+        ({}, "Bush's, don't! They're", "Bush's, don't! They're"),
+        ({"bush": "putin"}, "Bush's BUSH'S bush’s", "Putin's PUTIN'S putin’s"),
+        ({"'s": "the"}, "Bush's dog", "Bush the dog"),
+        ({"'s": "'re"}, "Bush's", "Bush're"),
+        ({"bush": "putin", "'s": "the"}, "Bush's", "Putin the"),
+        ({"n't": "not"}, "don't DON'T", "do not DO NOT"),
+        ({"’s": "the"}, "Bush’s", "Bush the"),
+    ],
+)
+def test_clitics_are_perturbed_as_words_and_never_glue(clitic_embeddings, table, text, expected):
+    out, stats = substituted(clitic_embeddings, table, [text])
+    assert out == [expected]
+    assert stats.oov == 0 and stats.unprotected == 0
+
+
+def test_clitics_outside_the_vocabulary_follow_the_oov_policy(clitic_embeddings):
+    texts = ["I'll go", None, ""]
+    assert substituted(clitic_embeddings, {}, texts, oov="keep")[0] == texts
+    assert substituted(clitic_embeddings, {}, texts, oov="replace")[0] == ["I <unk> <unk>", None, ""]
+    assert substituted(clitic_embeddings, {}, texts, oov="drop")[0] == ["I ", None, ""]
+
+
+def test_words_are_looked_up_by_their_nfkc_form_and_kept_as_written(clitic_embeddings):
+    text = "Jose\u0301 ﬁnance ＤＯ"
+    out, stats = substituted(clitic_embeddings, {}, [text])
+    assert out == [text] and (stats.tokens, stats.perturbed, stats.oov) == (3, 3, 0)
+    out, _ = substituted(clitic_embeddings, {"josé": "bush", "do": "not"}, [text])
+    assert out == ["Bush ﬁnance NOT"]
+
+
+ENTITY_TEXT = "Call 555-0199 or mail bob@example.com, see https://example.com/x?id=42 re order 1234567: $1,000.50"
+
+
+def test_entities_are_replaced_by_typed_placeholders_and_counted(clitic_embeddings):
+    out, stats = substituted(clitic_embeddings, {}, [ENTITY_TEXT, None, "", "1990's"])
+    assert out == [
+        "Call <phone> or mail <email>, see <url> re order <phone>: $<num>", None, "", "<num>'s",
+    ]
+    assert stats.entities == {"url": 1, "email": 1, "phone": 2, "num": 2}
+    # words only: Call or mail see re order 's
+    assert (stats.tokens, stats.perturbed, stats.oov) == (7, 3, 4)
+    out, _ = substituted(clitic_embeddings, {"'s": "the"}, ["1990's"])
+    assert out == ["<num> the"]
+
+
+def test_entities_keep_leaves_them_to_the_word_path(clitic_embeddings):
+    out, stats = substituted(clitic_embeddings, {}, [ENTITY_TEXT], entities="keep")
+    assert out == [ENTITY_TEXT]
+    assert stats.entities == {"url": 0, "email": 0, "phone": 0, "num": 0}
+    assert stats.oov == stats.unprotected == stats.tokens - stats.perturbed > 15
+    with pytest.raises(ValueError, match="entities must be one of replace, keep"):
+        substituted(clitic_embeddings, {}, [ENTITY_TEXT], entities="drop")
+
+
+def test_token_lists_replace_whole_token_entities(clitic_embeddings):
+    column = [["Call", "555-0199", "bob@x.org", "42", "mp3", "https://x.org", ","], None, []]
+    out, stats = substituted(clitic_embeddings, {"call": "do"}, column, kind="tokens", oov="drop")
+    assert out == [["Do", "<phone>", "<email>", "<num>", "<url>", ","], None, []]
+    assert stats.entities == {"url": 1, "email": 1, "phone": 1, "num": 1}
+    assert (stats.tokens, stats.oov, stats.skipped, stats.unprotected) == (2, 1, 1, 0)
+
+
+@pytest.mark.parametrize("kind", ["string", "tokens"])
+def test_unprotected_counts_oov_tokens_released_as_written(clitic_embeddings, kind):
+    column = ["Zoe called Bush"] if kind == "string" else [["Zoe", "called", "Bush"]]
+    for oov, unprotected in (("keep", 2), ("replace", 0), ("drop", 0)):
+        _, stats = substituted(clitic_embeddings, {}, column, kind=kind, oov=oov)
+        assert (stats.oov, stats.unprotected) == (2, unprotected)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dp_spark.stats import ColumnStatistics, merge_counts
+from dp_spark.stats import ColumnStatistics, StatisticsBuilder, merge_counts
 
 
 def batch(original, perturbed, rows, valid):
@@ -63,3 +63,30 @@ def test_merge_counts_and_vocabulary_check():
     assert keys.tolist() == [1, 3, 4] and counts.tolist() == [2, 3, 7]
     with pytest.raises(ValueError):
         ColumnStatistics(10).merge(ColumnStatistics(11))
+
+
+def test_unprotected_and_entity_counts_add_up_in_build_and_merge():
+    def counted(unprotected, entities):
+        return ColumnStatistics.of_batch(
+            10,
+            valid_rows=np.ones(1, bool),
+            token_rows=np.zeros(2, int),
+            original_ids=np.array([1, -1]),
+            perturbed_ids=np.array([1, -1]),
+            unprotected=unprotected,
+            entities=entities,
+        )
+
+    first, second = counted(1, {"num": 2, "url": 1}), counted(0, {"num": 1, "phone": 3})
+    merged = first.merge(second)
+    assert (merged.oov, merged.unprotected) == (2, 1)
+    assert merged.entities == {"num": 3, "url": 1, "phone": 3}
+    builder = StatisticsBuilder(10)
+    for unprotected, entities in ((1, {"num": 2, "url": 1}), (0, {"num": 1, "phone": 3}), (0, None)):
+        builder.add_batch(valid_rows=np.ones(1, bool), token_rows=np.zeros(2, int), original_ids=np.array([1, -1]),
+                          perturbed_ids=np.array([1, -1]), unprotected=unprotected, entities=entities)
+    built = builder.build()
+    assert (built.unprotected, built.entities) == (1, {"num": 3, "url": 1, "phone": 3})
+    empty = ColumnStatistics(10)
+    assert (empty.unprotected, empty.entities) == (0, {})
+    assert empty.merge(first).entities == first.entities

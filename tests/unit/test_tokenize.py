@@ -1,10 +1,23 @@
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from dp_spark.tokenize import Vocabulary, has_word_character, match_case, segment
+from dp_spark.tokenize import (
+    ENTITY_PATTERNS,
+    ENTITY_TYPES,
+    Vocabulary,
+    entity_types,
+    has_word_character,
+    match_case,
+    segment,
+    word_entries,
+)
 
 
 def rows_of(segments):
@@ -15,8 +28,7 @@ def rows_of(segments):
     ]
 
 
-def test_segments_rejoin_to_the_original_text():
-    texts = [
+ROUND_TRIP_TEXTS = [
         "Hello, world! Don't   stop.",
         None,
         "",
@@ -25,17 +37,154 @@ def test_segments_rejoin_to_the_original_text():
         "  leading and trailing  ",
         "it's O'Brien's 'quoted' ’curly’",
         "🙂 emoji 🙂",
-    ]
-    segments = segment(pa.array(texts))
-    assert segments.valid.tolist() == [t is not None for t in texts]
-    for text, parts in zip(texts, rows_of(segments)):
+    "Bush's DON'T can’t they're I'm n't 's rock'n'roll",
+    "Jose\u0301 ﬁnance Ｔｈｅ \ufdd0 text with a noncharacter",
+]
+
+
+@pytest.mark.parametrize("entities", [False, True])
+def test_segments_rejoin_to_the_original_text(entities):
+    segments = segment(pa.array(ROUND_TRIP_TEXTS), entities)
+    assert segments.valid.tolist() == [t is not None for t in ROUND_TRIP_TEXTS]
+    for text, parts in zip(ROUND_TRIP_TEXTS, rows_of(segments)):
         assert "".join(parts) == (text or "")
+    assert not (segments.entity >= 0).any()  # none of these texts holds an entity
 
 
 def test_words_and_separators_alternate():
     segments = segment(pa.array(["Hello, world! Don't stop", "it's O'Brien's 'x'"]))
     words = [v for v, w in zip(segments.values.to_pylist(), segments.is_word) if w]
-    assert words == ["Hello", "world", "Don't", "stop", "it's", "O'Brien's", "x"]
+    assert words == ["Hello", "world", "Do", "n't", "stop", "it", "'s", "O'Brien", "'s", "x"]
+
+
+def words_of(text, entities=False):
+    """(word, is clitic) of each word segment of one text."""
+    segments = segment(pa.array([text]), entities)
+    values = segments.values.to_pylist()
+    return [(values[i], bool(segments.is_clitic[i])) for i in np.flatnonzero(segments.is_word)]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("Bush's", [("Bush", False), ("'s", True)]),
+        ("don't", [("do", False), ("n't", True)]),
+        ("can't won't", [("ca", False), ("n't", True), ("wo", False), ("n't", True)]),
+        ("they're", [("they", False), ("'re", True)]),
+        ("I'M WE'LL", [("I", False), ("'M", True), ("WE", False), ("'LL", True)]),
+        ("you’ve she’d It’s", [("you", False), ("’ve", True), ("she", False), ("’d", True),
+                               ("It", False), ("’s", True)]),
+        ("DOESN’T", [("DOES", False), ("N’T", True)]),
+        ("O'Brien's", [("O'Brien", False), ("'s", True)]),
+        ("José's", [("José", False), ("'s", True)]),
+        # not clitic forms: kept whole, as before
+        ("o'clock rock'n'roll ma'am", [("o'clock", False), ("rock'n'roll", False), ("ma'am", False)]),
+        ("Bush'sx y'all", [("Bush'sx", False), ("y'all", False)]),
+        # no stem to split from, or no word after the apostrophe
+        ("n't 's students' 'd", [("n't", False), ("s", False), ("students", False), ("d", False)]),
+    ],
+)
+def test_clitics_are_words_of_their_own(text, words):
+    assert words_of(text) == words
+
+
+def reference_segments(text):
+    """(segment, is word, is clitic) by the rules, one character at a time."""
+    word_character = [unicodedata.category(c)[0] in "LNM" for c in text]
+    word = list(word_character)
+    for i in range(1, len(text) - 1):
+        if text[i] in "'’" and word_character[i - 1] and word_character[i + 1]:
+            word[i] = True
+    clitic = re.compile(r"(.+?)([nN]['’][tT]|['’](?:[sS]|[dD]|[mM]|[rR][eE]|[lL][lL]|[vV][eE]))")
+    out = []
+    for run in re.finditer(r"(.)\1*", "".join("w" if w else "s" for w in word)):
+        piece, is_word = text[run.start() : run.end()], run.group(1) == "w"
+        split = clitic.fullmatch(piece) if is_word else None
+        out += [(split[1], True, False), (split[2], True, True)] if split else [(piece, is_word, False)]
+    return out
+
+
+def test_segments_agree_with_a_character_by_character_reference():
+    # ASCII and non-ASCII letters, marks (decomposed é), 2-, 3- and 4-byte
+    # characters, both apostrophes and the letters of every clitic
+    alphabet = list("abnNtTsSdmrelv1 ,_'’") + ["é", "e\u0301", "日", "🙂", "\u00a0", "ﬁ", "𝐀"]
+    rng = np.random.default_rng(7)
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 12))) for _ in range(3000)]
+    segments = segment(pa.array(texts))
+    values = segments.values.to_pylist()
+    for i, text in enumerate(texts):
+        own = range(segments.row_offsets[i], segments.row_offsets[i + 1])
+        got = [(values[j], bool(segments.is_word[j]), bool(segments.is_clitic[j])) for j in own]
+        assert got == reference_segments(text), text
+
+
+def entities_of(text):
+    """The text with each entity segment shown as its placeholder."""
+    segments = segment(pa.array([text]), entities=True)
+    values = segments.values.to_pylist()
+    return "".join(
+        f"<{ENTITY_TYPES[kind]}>" if kind >= 0 else value for value, kind in zip(values, segments.entity)
+    )
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mail bob.smith+dp@mail.example.co.uk, or www.Example.com/a?b=1.",
+         "mail <email>, or <url>."),
+        ("see https://example.com/user@host/555-0199 now", "see <url> now"),
+        ("(HTTP://x.org/page)", "(<url>)"),
+        ("call 555-0199, +44 20 7946 0958 or (555) 123-4567", "call <phone>, <phone> or <phone>"),
+        ("ring 020 7946 0958 or 555.123.4567", "ring <phone> or <phone>"),
+        ("order #1234567 and 08452810075over18's", "order #<phone> and <phone>over18's"),
+        ("£1,000.50 in 2005, 42% at 3.14 on 10/12", "£<num> in <num>, <num>% at <num> on <num>/<num>"),
+        ("the 1990's: 21st mp3 B2B 4x4 covid19", "the <num>'s: 21st mp3 B2B 4x4 covid19"),
+        ("years 1939-1945, 2021-03-04", "years <num>-<num>, <num>-<num>-<num>"),
+        ("no entities here", "no entities here"),
+    ],
+)
+def test_entities_are_whole_spans_with_precedence(text, expected):
+    assert entities_of(text) == expected
+
+
+def test_a_clitic_after_an_entity_stays_a_clitic():
+    assert words_of("the 1990's and 80’s", entities=True) == [
+        ("the", False), ("'s", True), ("and", False), ("’s", True),
+    ]
+
+
+def test_numbers_are_found_as_the_num_pattern_matches():
+    # numbers are found on the bytes, not with the regex: same spans
+    rng = np.random.default_rng(3)
+    texts = ["".join(rng.choice(list("0123456789.,a_ 'é-"), rng.integers(0, 14))) for _ in range(5000)]
+    segments = segment(pa.array(texts), entities=True)
+    values = segments.values.to_pylist()
+    marks = {ENTITY_TYPES.index("phone"): "P", ENTITY_TYPES.index("num"): "N"}
+    expected = pa.array(texts)
+    for name in ("phone", "num"):
+        expected = pc.replace_substring_regex(expected, ENTITY_PATTERNS[name], name[0].upper())
+    for i, text in enumerate(texts):
+        own = range(segments.row_offsets[i], segments.row_offsets[i + 1])
+        assert "".join(marks.get(segments.entity[j], values[j]) for j in own) == expected[i].as_py(), text
+
+
+def test_markers_avoid_noncharacters_in_the_text():
+    text = "\ufdd0\ufdd1 call 555-0199 \ufdd2"
+    assert entities_of(text) == "\ufdd0\ufdd1 call <phone> \ufdd2"
+
+
+def test_entities_of_whole_tokens():
+    tokens = pa.array(["https://x.org/a", "bob@x.org", "555-0199", "1,000", "mp3", "Call", None, "x 42", ""])
+    names = [ENTITY_TYPES[t] if t >= 0 else None for t in entity_types(tokens)]
+    assert names == ["url", "email", "phone", "num", None, None, None, None, None]
+
+
+def test_word_entries_keep_words_and_clitics():
+    entries = np.array(["the", ",", "'s", "n't", "’s", "'re", "--", "e-mail", "o'clock", "1,000", "42", "'90s"],
+                       dtype=object)
+    assert word_entries(entries).tolist() == [
+        True, False, True, True, True, True, False, False, True, False, True, False,
+    ]
 
 
 def test_unicode_letters_and_digits_are_word_characters():
@@ -62,6 +211,14 @@ def test_vocabulary_lookup_lowercases_and_maps_back():
     assert ids.tolist() == [0, 1, -1, 2, 0]
     assert vocabulary.strings(np.array([2, 0])).to_pylist() == ["paris", "the"]
     assert vocabulary.ids(pa.array([], pa.string())).tolist() == []
+
+
+def test_vocabulary_lookup_normalises_unicode():
+    vocabulary = Vocabulary(np.array(["josé", "finance", "the", "½", "'s"], dtype=object))
+    # decomposed accent, ligature, fullwidth letters; an entry that NFKC would change is still found as written
+    tokens = pa.array(["Jose\u0301", "ﬁnance", "Ｔｈｅ", "½", "zzz", "José"])
+    assert vocabulary.ids(tokens).tolist() == [0, 1, 2, 3, -1, 0]
+    assert vocabulary.clitics.tolist() == [False, False, False, False, True]
 
 
 def test_match_case():

@@ -1,13 +1,16 @@
-"""Typed job configuration (TOML), validated before any data is read.
+"""Typed configuration (TOML), validated before any data is read.
 
 Every error names the file, the key and, where there is a fixed set, the
 allowed values: ``conf/local.toml: columns[0].oov must be one of keep, drop,
-replace; got 'skip'``.
+replace; got 'skip'``. Mechanism parameters are checked here too, by
+building each column's mechanism on a tiny stand-in vocabulary, so that a
+bad value fails in a second rather than after the embeddings load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -15,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dp_spark.columns import INPUT_KINDS
+import numpy as np
+
+from dp_spark import storage
+from dp_spark.columns import ENTITY_POLICIES, INPUT_KINDS
+from dp_spark.errors import ConfigError
 from dp_spark.index import DEFAULT_NEIGHBOURS, INDEX_TYPES
 from dp_spark.mechanisms import MECHANISMS, mechanism_parameters
 from dp_spark.mechanisms.base import OOV_POLICIES
@@ -24,14 +31,9 @@ INPUT_FORMATS = ("parquet", "orc", "json", "csv", "text", "delta", "iceberg")
 OUTPUT_FORMATS = ("parquet", "orc", "json", "csv", "delta")
 WRITE_MODES = ("overwrite", "error")
 EMBEDDING_SOURCES = ("default", "text", "npy")
-UDF_KINDS = ("map", "arrow", "pandas")
 COLUMN_OUTPUTS = ("replace", "add")
 # Mechanism parameters that hold objects built by the job, not config values.
-_RUNTIME_PARAMETERS = {"index", "neighbours"}
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid."""
+_RUNTIME_PARAMETERS = {"index", "neighbours", "word_lists"}
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,22 @@ class InputConfig:
 
     @property
     def dataset_name(self) -> str:
-        return self.dataset or self.location
+        """The name the ledger books releases under: ``dataset`` when given
+        (the robust choice), else the table name or the qualified path, so
+        that ``data/x``, ``data/x/`` and ``file:///.../data/x`` are one dataset."""
+        if self.dataset:
+            return self.dataset
+        return self.table or storage.qualify(self.path or "")
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     """``root`` holds the perturbed ``table`` and the statistics, ledger and
-    manifests beside it."""
+    manifests beside it; ``table`` (``db.name``) writes the perturbed table to
+    the catalog instead of ``root/table``."""
 
     root: str
+    table: str | None = None
     format: str = "parquet"
     mode: str = "overwrite"
     partition_by: tuple[str, ...] = ()
@@ -77,13 +86,23 @@ class EmbeddingsConfig:
     the first (most frequent) words: by default 100,000 of GloVe and all of a
     file. ``words_only`` keeps
     only entries the tokenizer can produce as words (drops punctuation entries
-    such as "," or "'s", so that no word is ever replaced by punctuation)."""
+    such as "," or "--", so that no word is ever replaced by punctuation).
+    ``artifact``: a folder built by ``python -m dp_spark build`` (any
+    storage location); the other keys are then ignored."""
 
     source: str = "default"
     path: str | None = None
     vocabulary: str | None = None
     vocab_size: int | None = None
     words_only: bool = True
+    artifact: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EmbeddingsConfig":
+        return _section(cls, values, "embeddings", "embeddings")
 
 
 @dataclass(frozen=True)
@@ -100,10 +119,12 @@ class ColumnConfig:
     epsilon: float
     params: dict[str, Any] = field(default_factory=dict)
     kind: str = "auto"
-    oov: str = "keep"
+    oov: str = "replace"
     placeholder: str = "<unk>"
+    entities: str = "replace"
     output: str = "replace"
     output_column: str | None = None
+    accept_no_guarantee: bool = False
 
     @property
     def output_name(self) -> str:
@@ -115,18 +136,16 @@ class ColumnConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """``id_column``: row key for the noise (stable across partitionings);
-    without it rows are keyed by partition index and position. ``min_count``:
-    substitution counts below it are suppressed. ``udf``: ``map`` (one
-    mapInArrow pass for all columns, measured fastest), ``arrow`` or ``pandas``
-    (a column UDF each). ``privacy_stats`` summarises N_w and S_w of each
+    """``id_column``: row key for the noise (stable across partitionings; it
+    must be unique: duplicates are refused); without it rows are keyed by
+    partition index and position. ``min_count``: substitution counts below it
+    are suppressed. ``privacy_stats`` summarises N_w and S_w of each
     column's mechanism over ``deniability_sample`` vocabulary words x
     ``deniability_draws`` draws, or reads them from ``calibration_table`` (a
     ``calibration_summary`` written by the calibrate job) when given."""
 
     id_column: str | None = None
     min_count: int = 10
-    udf: str = "map"
     max_records_per_batch: int = 10_000
     deniability_sample: int = 200
     deniability_draws: int = 100
@@ -135,9 +154,14 @@ class JobConfig:
 
 @dataclass(frozen=True)
 class Config:
-    input: InputConfig
-    output: OutputConfig
-    columns: tuple[ColumnConfig, ...]
+    """One model for every command: ``perturb`` needs [input], [output] and
+    [[columns]]; ``build``, ``calibrate`` and ``audit`` read [embeddings] and
+    [index] (and their own section); ``evaluate`` needs [input] and
+    [evaluation]."""
+
+    input: InputConfig | None = None
+    output: OutputConfig | None = None
+    columns: tuple[ColumnConfig, ...] = ()
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     job: JobConfig = field(default_factory=JobConfig)
@@ -170,17 +194,24 @@ _CHOICES = {
     (ColumnConfig, "mechanism"): tuple(sorted(MECHANISMS)),
     (ColumnConfig, "kind"): ("auto", *INPUT_KINDS),
     (ColumnConfig, "oov"): OOV_POLICIES,
+    (ColumnConfig, "entities"): ENTITY_POLICIES,
     (ColumnConfig, "output"): COLUMN_OUTPUTS,
-    (JobConfig, "udf"): UDF_KINDS,
 }
 _POSITIVE = {(IndexConfig, "neighbours"), (JobConfig, "min_count"), (EmbeddingsConfig, "vocab_size"),
              (ColumnConfig, "epsilon"), (JobConfig, "max_records_per_batch"),
              (JobConfig, "deniability_sample"), (JobConfig, "deniability_draws")}
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML job configuration."""
-    return parse_config(read_toml(path), source=str(path))
+COMMAND_SECTIONS = {
+    "perturb": ("input", "output", "columns"),
+    "build": (),
+    "evaluate": ("input",),
+}
+
+
+def load_config(path: str | Path, command: str = "perturb") -> Config:
+    """Read and validate a TOML configuration for ``command``."""
+    return parse_config(read_toml(path), source=str(path), command=command)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -194,18 +225,18 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 
 
-def parse_config(document: dict[str, Any], source: str = "<config>") -> Config:
+def parse_config(document: dict[str, Any], source: str = "<config>", command: str = "perturb") -> Config:
     sections = {"input", "output", "columns", "embeddings", "index", "job"}
     _reject_unknown(document, sections, source, "the top level")
-    for required in ("input", "output", "columns"):
+    for required in COMMAND_SECTIONS[command]:
         if required not in document:
             raise ConfigError(f"{source}: missing section [{required}]")
-    columns = document["columns"]
-    if not isinstance(columns, list) or not columns:
+    columns = document.get("columns", [])
+    if command == "perturb" and (not isinstance(columns, list) or not columns):
         raise ConfigError(f"{source}: [[columns]] must list at least one column to perturb")
     config = Config(
-        input=_section(InputConfig, document["input"], source, "input"),
-        output=_section(OutputConfig, document["output"], source, "output"),
+        input=_section(InputConfig, document["input"], source, "input") if "input" in document else None,
+        output=_section(OutputConfig, document["output"], source, "output") if "output" in document else None,
         columns=tuple(
             _section(ColumnConfig, column, source, f"columns[{i}]") for i, column in enumerate(columns)
         ),
@@ -214,7 +245,8 @@ def parse_config(document: dict[str, Any], source: str = "<config>") -> Config:
         job=_section(JobConfig, document.get("job", {}), source, "job"),
         source=source,
     )
-    _check_relations(config)
+    if command == "perturb":
+        _check_relations(config)
     return config
 
 
@@ -238,6 +270,8 @@ def _section(cls: type, table: Any, source: str, where: str) -> Any:
             )
         if (cls, name) in _POSITIVE and values[name] is not None and not values[name] > 0:
             raise ConfigError(f"{source}: {where}.{name} must be positive, got {values[name]!r}")
+        if isinstance(values[name], float) and not math.isfinite(values[name]):
+            raise ConfigError(f"{source}: {where}.{name} must be finite, got {values[name]!r}")
     return cls(**values)
 
 
@@ -279,8 +313,14 @@ def _option_string(value: Any, source: str, where: str) -> str:
     raise ConfigError(f"{source}: {where} must be a string, number or boolean, got {value!r}")
 
 
+_REMOVED = {"udf": "job.udf was removed: every column runs in one mapInArrow pass (measured fastest)"}
+
+
 def _reject_unknown(table: dict[str, Any], allowed: set[str], source: str, where: str) -> None:
     unknown = sorted(set(table) - allowed)
+    for key in unknown:
+        if key in _REMOVED:
+            raise ConfigError(f"{source}: {_REMOVED[key]}")
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(unknown)} in {where}; "
@@ -297,16 +337,14 @@ def _check_relations(config: Config) -> None:
         raise ConfigError(f"{source}: embeddings.path is required when embeddings.source = {embeddings.source!r}")
     if embeddings.source == "npy" and not embeddings.vocabulary:
         raise ConfigError(f"{source}: embeddings.vocabulary is required when embeddings.source = 'npy'")
+    if not config.output.root.strip():
+        raise ConfigError(f"{source}: output.root must name a directory, got an empty string")
+    if embeddings.artifact and embeddings.source != "default":
+        raise ConfigError(f"{source}: embeddings.artifact replaces embeddings.source; give one of them")
     outputs: dict[str, str] = {}
     for i, column in enumerate(config.columns):
         where = f"columns[{i}]"
-        allowed = [p for p in mechanism_parameters(column.mechanism) if p not in _RUNTIME_PARAMETERS]
-        unknown = sorted(set(column.params) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{source}: {where}.params: unknown parameter(s) {', '.join(unknown)} for mechanism "
-                f"{column.mechanism!r}; allowed: {', '.join(allowed) or 'none'}"
-            )
+        check_mechanism(column.mechanism, column.epsilon, column.params, f"{source}: {where}")
         if column.output_name in outputs:
             raise ConfigError(f"{source}: {where} and {outputs[column.output_name]} both write column "
                               f"{column.output_name!r}")
@@ -319,6 +357,17 @@ def _check_relations(config: Config) -> None:
                 raise ConfigError(f"{source}: columns[{j}] writes column {column.name!r}, which "
                                   f"columns[{i}] reads; write it to another column (output = \"add\" "
                                   f"or output_column)")
+    if config.input.path:
+        source_location = storage.qualify(config.input.path)
+        root = storage.qualify(config.output.root)
+        table = storage.qualify(config.output.location("table"))
+        for label, location in (("the output table", table), ("the output root", root)):
+            if source_location == location or source_location.startswith(location + "/"):
+                raise ConfigError(f"{source}: input.path {config.input.path} is {label} or inside it: "
+                                  "the run would overwrite its own input")
+        if root.startswith(source_location + "/"):
+            raise ConfigError(f"{source}: output.root {config.output.root} is inside input.path "
+                              f"{config.input.path}: the run would write into its own input")
     partition_columns = set(config.output.partition_by)
     perturbed = {c.name for c in config.columns} | {c.output_name for c in config.columns}
     if partition_columns & perturbed:
@@ -326,3 +375,48 @@ def _check_relations(config: Config) -> None:
             f"{source}: output.partition_by cannot include perturbed column(s) "
             f"{', '.join(sorted(partition_columns & perturbed))}"
         )
+
+
+def check_mechanism(name: str, epsilon: float, params: dict[str, Any], where: str) -> None:
+    """Check a mechanism's parameters before any embeddings load, by building
+    it on a tiny stand-in vocabulary (points 1,000 apart, so that no
+    vocabulary-dependent bound on epsilon trips here; those are checked on the
+    real vocabulary): an unknown parameter or a bad value is a ConfigError
+    naming ``where`` (file and column)."""
+    from dp_spark.mechanisms import build_mechanism, mechanism_class
+
+    allowed = [p for p in mechanism_parameters(name) if p not in _RUNTIME_PARAMETERS]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}.params: unknown parameter(s) {', '.join(unknown)} for mechanism "
+            f"{name!r}; allowed: {', '.join(allowed) or 'none'}"
+        )
+    vocabulary, neighbours, index = _stand_in()
+    cls = mechanism_class(name)
+    extra: dict[str, Any] = {}
+    if cls.needs_neighbours:
+        extra["neighbours"] = neighbours
+    if cls.needs_index:
+        extra["index"] = index
+    try:
+        build_mechanism(name, vocabulary, epsilon, **params, **extra)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{where}: mechanism {name!r}: {error}") from None
+
+
+def _stand_in() -> tuple[Any, Any, Any]:
+    """16 words on a grid (with distinct distances), their full neighbour
+    table and a flat index: built once, never cached on disk."""
+    if not _STAND_IN:
+        from dp_spark.embeddings import Embeddings
+        from dp_spark.index import build_index, build_neighbour_table
+
+        grid = np.array([[x, y] for x in range(4) for y in range(4)], dtype=np.float32) * 1000.0
+        grid[:, 0] += np.arange(16, dtype=np.float32) * 37.0
+        vocabulary = Embeddings.from_arrays([f"w{i}" for i in range(16)], grid)
+        _STAND_IN.extend([vocabulary, build_neighbour_table(vocabulary, 15), build_index(grid, "flat")])
+    return tuple(_STAND_IN)
+
+
+_STAND_IN: list[Any] = []

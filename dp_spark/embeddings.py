@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from dp_spark.config import EmbeddingsConfig
 
 DEFAULT_VOCAB_SIZE = 100_000
 
@@ -207,6 +210,26 @@ class Embeddings:
             _check_vocab_size(vocab_size, len(words), str(matrix_path))
             words, matrix = words[:vocab_size], matrix[:vocab_size]
         return cls.from_arrays(words, np.array(matrix), source=str(matrix_path))
+
+
+def load_embeddings(config: "EmbeddingsConfig") -> Embeddings:
+    """The embeddings an ``[embeddings]`` config names (not an artifact)."""
+    if config.source == "default":
+        embeddings = Embeddings.default(config.vocab_size or DEFAULT_VOCAB_SIZE)
+    elif config.source == "text":
+        embeddings = Embeddings.from_text(config.path, config.vocab_size)
+    else:
+        embeddings = Embeddings.from_npy(config.path, config.vocabulary, config.vocab_size)
+    return only_words(embeddings) if config.words_only else embeddings
+
+
+def only_words(embeddings: Embeddings) -> Embeddings:
+    """The entries that the tokenizer reads as one word, clitics ("'s", "n't")
+    included (drops ",", "--"...), so that no word is ever replaced by punctuation."""
+    from dp_spark.tokenize import word_entries
+
+    word = word_entries(embeddings.words)
+    return Embeddings.from_arrays(embeddings.words[word], embeddings.vectors[word], source="words only")
 
 
 def _is_header(line: str) -> bool:

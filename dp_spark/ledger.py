@@ -1,147 +1,223 @@
 """Privacy accounting across runs: which releases of which data exist, and
-whether a new run would compose with them.
+what a new run adds to them.
 
-Each run records, per (dataset, partition, column), the epsilon per token it
-spent, a fingerprint of its seed and how rows were keyed. Re-running with the
-same seed replays the same noise (identical output, nothing new released) when
-rows are keyed by an id column, or, keyed by position, when the run reads the
-very same partition selection; otherwise the noise is fresh, and the privacy
-losses add up.
+Each run records, per (dataset, partition selection, column), every release
+it makes: the mechanism and epsilon, a public fingerprint of the whole
+release (mechanism, parameters, columns, row keying, vocabulary), a one-way
+fingerprint of the seed, and the guarantee the mechanism provides. Two
+releases draw the same noise only when seed and release fingerprint agree
+(and, for position-keyed rows, the partition selection too): such a repeat
+replays identical output and costs nothing. Any other release over the same
+rows composes: per row, the epsilons and deltas of the distinct releases
+that contain it add up (basic composition), and a release without a
+guarantee leaves the row's total unbounded.
+
+Rows are located by partition selections (``ds=2026-11-22``, or the whole
+dataset): the total of a run is the largest over the rows it selects, so two
+runs on separate partitions at 12 each and a third over everything make 24
+for every row, not 36.
+
+A run's entries are first recorded as pending, before any table changes; a
+pending entry counts as released until the run commits it or rolls it back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from dp_spark.errors import PrivacyRefusal
+from dp_spark.guarantees import Guarantee, compose
 
 WHOLE_DATASET = "*"
 POSITION_KEY = "position"
+PENDING, COMMITTED, ROLLED_BACK = "pending", "committed", "rolled_back"
+# Beyond this many row cells, the total is bounded by summing every
+# overlapping release instead of maximising over cells (never less safe).
+MAX_CELLS = 100_000
 
 
 def row_key_label(id_column: str | None) -> str:
     return f"id:{id_column}" if id_column else POSITION_KEY
 
 
-def partition_label(partitions: dict[str, str]) -> str:
-    """``ds=2026-11-22/region=eu``, or ``*`` for the whole dataset."""
+def partition_label(partitions: dict[str, Any]) -> str:
+    """``ds=2026-11-22/region=eu``, or ``*`` for the whole dataset (for display)."""
     return "/".join(f"{k}={v}" for k, v in sorted(partitions.items())) or WHOLE_DATASET
 
 
-def partitions_overlap(first: str, second: str) -> bool:
-    """Whether two partition labels can share rows: unless some key has a
-    different value in each, they can."""
-    if WHOLE_DATASET in (first, second):
-        return True
-    a = dict(part.split("=", 1) for part in first.split("/"))
-    b = dict(part.split("=", 1) for part in second.split("/"))
-    return all(a[k] == b[k] for k in a.keys() & b.keys())
+def canonical_partition(partitions: dict[str, Any]) -> str:
+    """The partition selection as canonical JSON of typed values (the key the
+    ledger compares: ``rating=5`` and ``rating=05`` on an int column are one)."""
+    return json.dumps(partitions, sort_keys=True, separators=(",", ":"))
+
+
+def overlaps(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether two selections can share rows: unless some key has a different value in each."""
+    return all(first[k] == second[k] for k in first.keys() & second.keys())
+
+
+def covers(outer: dict[str, Any], inner: dict[str, Any]) -> bool:
+    """Whether every row of selection ``inner`` is also in ``outer``."""
+    return all(k in inner and inner[k] == v for k, v in outer.items())
+
+
+@dataclass(frozen=True)
+class Release:
+    """One perturbation a run is about to release."""
+
+    column: str
+    output_column: str
+    mechanism: str
+    epsilon: float
+    release_fingerprint: str
+    guarantee: Guarantee
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
     run_id: str
     dataset: str
-    partition: str
+    partition: str  # canonical JSON of the typed selection, "{}" for the whole dataset
     column: str
     output_column: str
     mechanism: str
     epsilon: float
+    release_fingerprint: str
     seed_fingerprint: str
     row_key: str
+    guarantee: str
+    guarantee_epsilon: float | None
+    guarantee_delta: float
+    guarantee_metric: str | None
     recorded_at: str
+    status: str = COMMITTED
 
-    def replays(self, release: "Release", fingerprint: str, row_key: str, partition: str) -> bool:
-        """Whether this earlier release is exactly what the new one would draw
-        again: same seed, keying, output column, mechanism and epsilon, and for
-        position keys the same partition selection."""
-        if (self.seed_fingerprint, self.row_key) != (fingerprint, row_key):
-            return False
-        if (self.output_column, self.mechanism, self.epsilon) != (
-            release.output_column, release.mechanism, release.epsilon
-        ):
-            return False
-        return row_key != POSITION_KEY or self.partition == partition
+    @property
+    def selection(self) -> dict[str, Any]:
+        return json.loads(self.partition)
+
+    @property
+    def noise(self) -> tuple:
+        """What identifies this release's noise: equal only for replays."""
+        if self.row_key == POSITION_KEY:
+            return (self.seed_fingerprint, self.release_fingerprint, self.partition)
+        return (self.seed_fingerprint, self.release_fingerprint)
+
+    def booked(self) -> Guarantee:
+        if self.guarantee == "none":
+            return Guarantee.none("booked without a guarantee")
+        return Guarantee(self.guarantee, self.guarantee_epsilon, self.guarantee_delta, self.guarantee_metric)
+
+    @classmethod
+    def of(cls, release: Release, *, run_id: str, dataset: str, partition: str, seed_fingerprint: str,
+           row_key: str, recorded_at: str, status: str = PENDING) -> "LedgerEntry":
+        return cls(run_id, dataset, partition, release.column, release.output_column, release.mechanism,
+                   release.epsilon, release.release_fingerprint, seed_fingerprint, row_key,
+                   release.guarantee.kind, release.guarantee.epsilon, release.guarantee.delta,
+                   release.guarantee.metric, recorded_at, status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
-class Release:
-    """One perturbation a run is about to release: an input column, where
-    it goes, and the mechanism and epsilon per token."""
+class ColumnTotal:
+    """What a column's rows will have received after a run, at the worst row
+    it selects: ``epsilon`` and ``delta`` summed over the distinct releases
+    with a guarantee (per unit of ``metrics``), ``unprotected`` releases
+    without one (then no total bounds the release), and the earlier releases
+    with other noise that the run composes with."""
 
-    column: str
-    output_column: str
-    mechanism: str
     epsilon: float
+    delta: float
+    metrics: tuple[str, ...]
+    unprotected: int
+    earlier: tuple[LedgerEntry, ...] = field(default=())
+
+    @property
+    def bounded(self) -> bool:
+        return self.unprotected == 0
 
 
-class RecompositionRefused(RuntimeError):
+class RecompositionRefused(PrivacyRefusal):
     """The run would release data again with fresh noise."""
 
 
-def earlier_releases(
-    entries: list[LedgerEntry],
+def plan_run(
+    entries: Iterable[LedgerEntry],
     dataset: str,
-    partition: str,
-    column: str,
+    partition: dict[str, Any],
     releases: list[Release],
-    fingerprint: str,
+    seed_fingerprint: str,
     row_key: str,
-) -> list[LedgerEntry]:
-    """Earlier entries for the same data and column that none of this run's
-    releases replays: fresh noise on top of them composes."""
-    return [
-        e
-        for e in entries
-        if e.dataset == dataset
-        and e.column == column
-        and partitions_overlap(e.partition, partition)
-        and not any(e.replays(r, fingerprint, row_key, partition) for r in releases)
-    ]
-
-
-def composed_epsilon(earlier: list[LedgerEntry], epsilon: float) -> float:
-    """Epsilon per token after this run: one term per distinct earlier release
-    (runs that replayed one another's noise count once)."""
-    distinct = {(e.partition, e.seed_fingerprint, e.row_key, e.output_column, e.mechanism, e.epsilon)
-                for e in earlier}
-    return epsilon + sum(release[-1] for release in distinct)
-
-
-def check_recomposition(
-    entries: list[LedgerEntry],
-    dataset: str,
-    partition: str,
-    releases: list[Release],
-    fingerprint: str,
-    row_key: str,
-    allow: bool,
-) -> dict[str, float]:
-    """Epsilon per token each input column will have spent after this run
-    (several releases of one column in a run add up); raises
-    ``RecompositionRefused`` if a release would compose with earlier runs'
-    and ``allow`` is False."""
-    this_run: dict[str, float] = {}
-    for release in releases:
-        this_run[release.column] = this_run.get(release.column, 0.0) + release.epsilon
-    totals = {}
+    allow_recompose: bool,
+) -> dict[str, ColumnTotal]:
+    """The total per input column after this run's releases; raises
+    ``RecompositionRefused`` if a release would compose with earlier ones
+    (other noise over some of the same rows) and ``allow_recompose`` is False."""
+    selection = canonical_partition(partition)
+    active = [e for e in entries if e.status != ROLLED_BACK and e.dataset == dataset]
+    totals: dict[str, ColumnTotal] = {}
     problems = []
-    for column, epsilon in this_run.items():
-        mine = [r for r in releases if r.column == column]
-        earlier = earlier_releases(entries, dataset, partition, column, mine, fingerprint, row_key)
-        totals[column] = composed_epsilon(earlier, epsilon)
-        if earlier and not allow:
-            first = earlier[0]
+    for column in dict.fromkeys(r.column for r in releases):
+        mine = [LedgerEntry.of(r, run_id="(this run)", dataset=dataset, partition=selection,
+                               seed_fingerprint=seed_fingerprint, row_key=row_key, recorded_at="")
+                for r in releases if r.column == column]
+        earlier = [e for e in active if e.column == column and overlaps(e.selection, partition)]
+        # A release whose noise was already released over all of these rows replays it: nothing new.
+        new = [m for m in mine
+               if not any(e.noise == m.noise and covers(e.selection, partition) for e in earlier)]
+        fresh = [e for e in earlier if e.noise not in {m.noise for m in mine}] if new else []
+        totals[column] = column_total([*earlier, *mine], partition, fresh)
+        if fresh and not allow_recompose:
+            first = fresh[0]
+            total = totals[column]
             problems.append(
-                f"column {column!r}: run {first.run_id} ({first.recorded_at}) already released "
-                f"partition {first.partition} into {first.output_column!r} with {first.mechanism} "
-                f"at epsilon {first.epsilon:g} "
-                f"per token ({len(earlier)} earlier release(s) with other noise); another release "
-                f"with fresh noise makes the total {totals[column]:g}"
+                f"column {column!r}: run {first.run_id} ({first.recorded_at or 'pending'}) already released "
+                f"partition {partition_label(first.selection)} into {first.output_column!r} with "
+                f"{first.mechanism} at epsilon {first.epsilon:g} per token ({len(fresh)} earlier release(s) "
+                f"with other noise); another release with fresh noise makes the total "
+                + (f"{total.epsilon:g}" if total.bounded else "unbounded (a release without a guarantee)")
             )
     if problems:
         raise RecompositionRefused(
-            f"refusing to perturb dataset {dataset!r} partition {partition} again with fresh "
-            "noise:\n  " + "\n  ".join(problems) + "\nRe-run with the same --seed (and the same "
-            "row keying and partition selection) to replay the earlier output with no new "
-            "privacy loss, or pass --allow-recompose to accept the composed privacy loss."
+            f"refusing to perturb dataset {dataset!r} partition {partition_label(partition)} again with "
+            "fresh noise: " + "; ".join(problems) + ". To replay the earlier output with no new privacy "
+            "loss, re-run with the same secret seed (--seed-file or DP_SPARK_SEED) and the same "
+            "configuration; to accept the composed loss, pass --allow-recompose"
         )
     return totals
+
+
+def column_total(entries: list[LedgerEntry], selection: dict[str, Any],
+                 fresh: list[LedgerEntry] = ()) -> ColumnTotal:
+    """The largest composition over the rows ``selection`` covers: per row,
+    the distinct releases (by noise) whose selections contain it."""
+    keys = sorted({k for e in entries for k in e.selection} - set(selection))
+    candidates = [sorted({json.dumps(e.selection[k]) for e in entries if k in e.selection}) + [None]
+                  for k in keys]
+    cells = 1
+    for values in candidates:
+        cells *= len(values)
+    if cells > MAX_CELLS:
+        worst = _compose_distinct(entries)
+        return ColumnTotal(*worst, earlier=tuple(fresh))
+    best = None
+    for values in itertools.product(*candidates):
+        row = {**selection, **{k: json.loads(v) for k, v in zip(keys, values) if v is not None}}
+        free = {k for k, v in zip(keys, values) if v is None}
+        inside = [e for e in entries
+                  if all(k not in free and row.get(k) == v for k, v in e.selection.items())]
+        total = _compose_distinct(inside)
+        if best is None or (total[3], total[0], total[1]) > (best[3], best[0], best[1]):
+            best = total
+    return ColumnTotal(*best, earlier=tuple(fresh))
+
+
+def _compose_distinct(entries: list[LedgerEntry]) -> tuple[float, float, tuple[str, ...], int]:
+    distinct = {e.noise: e for e in entries}
+    composition = compose(e.booked() for e in distinct.values())
+    return composition.epsilon, composition.delta, composition.metrics, composition.unprotected

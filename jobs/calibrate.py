@@ -1,8 +1,8 @@
-"""spark-submit entry point: spark-submit jobs/calibrate.py --mechanisms tgumbel,mlap --epsilons ..."""
+"""spark-submit entry point: spark-submit jobs/calibrate.py [the flags of python -m dp_spark calibrate]."""
 
 import sys
 
-from dp_spark.spark.calibrate import main
+from dp_spark.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:], commands=["calibrate"]))

@@ -1,8 +1,8 @@
-"""spark-submit entry point: spark-submit jobs/evaluate.py --config conf/evaluate_sentiment.toml ..."""
+"""spark-submit entry point: spark-submit jobs/evaluate.py [the flags of python -m dp_spark evaluate]."""
 
 import sys
 
-from dp_spark.spark.evaluate import main
+from dp_spark.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:], commands=["evaluate"]))

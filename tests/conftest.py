@@ -21,6 +21,12 @@ def clustered_embeddings(size: int, dim: int, seed: int = 7) -> Embeddings:
     return Embeddings.from_arrays(words, vectors.astype(np.float32))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--spark-mode", choices=("classic", "connect"), default="classic",
+                     help="run the Spark tests on classic local[2] or on a local Spark Connect server "
+                          "(connect: only the end-to-end tests marked e2e)")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Neighbour tables go to a per-session temporary cache, not the user's."""

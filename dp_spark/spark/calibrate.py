@@ -24,12 +24,15 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
+from dp_spark import storage
 from dp_spark.calibration import Refusal, bracket, describe_crossing, plot, report, summary_table
 from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config
+from dp_spark.errors import ConfigError
 from dp_spark.mechanisms import MECHANISMS
-from dp_spark.spark.io import HadoopFileSystem, write_plot, write_result_table
-from dp_spark.spark.perturber import SharedResources, shared_resources
-from dp_spark.spark.resources import complete_params, runtime_for
+from dp_spark.results import write_plot, write_result_table
+from dp_spark.spark.runtime import Runtime, ShippedArtifact, artifact_for, complete_params, ship_artifact, \
+    worker_runtime
+from dp_spark.spark.session import phase
 from dp_spark.stats import bisect_epsilon, frequency_band, plausible_deniability, stratified_sample
 
 log = logging.getLogger("dp_spark.calibrate")
@@ -61,8 +64,7 @@ def calibrate(
     index = index or IndexConfig()
     params = {name: complete_params(name, settings.params.get(name, {}), index.type) for name in settings.mechanisms}
     settings = dataclasses.replace(settings, params=params)
-    shared = shared_resources(spark, embeddings, index, list(params.items()))
-    runtime = shared.runtime
+    runtime = Runtime(artifact_for(embeddings, index, list(params.items())))
     vocabulary = runtime.vocabulary
     words = stratified_sample(len(vocabulary), settings.sample_size, settings.seed)
 
@@ -84,8 +86,8 @@ def calibrate(
     log.info("calibrating %d (mechanism, epsilon) pairs over %d words x %d draws; %d refused",
              len(valid), len(words), settings.draws, len(refusals))
 
-    spark.sparkContext.setJobDescription("dp-spark calibrate: N_w and S_w per word")
-    measured = _measure(spark, shared, settings, valid, words)
+    with phase(spark, "calibrate", "N_w and S_w per word"):
+        measured = _measure(spark, ship_artifact(spark, runtime.artifact), settings, valid, words)
     measured["word"] = vocabulary.words.take(pa.array(measured["word_id"].to_numpy())).to_pylist()
     measured["band"] = frequency_band(measured["word_id"].to_numpy())
     summary = summary_table(measured, refusals, details)
@@ -100,30 +102,29 @@ def calibrate(
         crossings[name] = describe_crossing(name, found, grid, settings.target_nw, floors.get(name))
         log.info("%s: median N_w = %g at %s", name, settings.target_nw, crossings[name])
 
-    fs = HadoopFileSystem(spark, output_root)
-    locations = {name: f"{output_root.rstrip('/')}/{name}" for name in
+    locations = {name: storage.join(output_root, name) for name in
                  ("calibration_words", "calibration_summary", "calibration.png", "calibration.md")}
     for name, frame in (("calibration_words", measured), ("calibration_summary", summary)):
-        write_result_table(spark, frame, locations[name])
-    if not write_plot(fs, locations["calibration.png"], lambda: plot(summary, floors)):
+        write_result_table(frame, locations[name])
+    if not write_plot(locations["calibration.png"], lambda: plot(summary, floors)):
         del locations["calibration.png"]
     text = report(summary, crossings, {
         "sample_size": len(words), "draws": settings.draws, "seed": settings.seed,
         "embeddings": f"{embeddings.source}, {len(vocabulary)} words", "command": command,
     }, settings.target_nw)
-    fs.write_bytes(locations["calibration.md"], text.encode("utf-8"))
+    storage.write_text(locations["calibration.md"], text)
     return {"locations": locations, "summary": summary, "words": measured, "crossings": crossings}
 
 
 def _tgumbel_floor(runtime: Any) -> float:
     from dp_spark.mechanisms.tgumbel import minimum_epsilon
 
-    return minimum_epsilon(len(runtime.vocabulary), runtime.neighbours.min_distance)
+    return minimum_epsilon(len(runtime.vocabulary), runtime.artifact.neighbour_table().min_distance)
 
 
 def _measure(
     spark: SparkSession,
-    shared: SharedResources,
+    shipped: ShippedArtifact,
     settings: CalibrationSettings,
     valid: list[tuple[str, float]],
     words: np.ndarray,
@@ -142,12 +143,11 @@ def _measure(
         [(name, epsilon, int(w)) for name, epsilon in valid for w in words],
         columns=["mechanism", "epsilon", "word_id"],
     )
-    partitions = max(2, spark.sparkContext.defaultParallelism * 4)
-    broadcast, broadcast_id = shared.broadcast, shared.broadcast._jbroadcast.id()
+    partitions = max(2, int(spark.conf.get("spark.sql.shuffle.partitions")) * 2)
     params, draws, seed = settings.params, settings.draws, settings.seed
 
     def measure(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        runtime = runtime_for(broadcast, broadcast_id, 1)
+        runtime = worker_runtime(shipped, 1)
         for batch in batches:
             frame = batch.to_pandas()
             for (name, epsilon), group in frame.groupby(["mechanism", "epsilon"], sort=False):
@@ -185,31 +185,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the draws (public)")
     parser.add_argument("--param", action="append", default=[], metavar="MECHANISM.KEY=VALUE",
                         help="mechanism parameter, e.g. mlap.max_distance=7.5 (repeatable)")
-    parser.add_argument("--config", help="a job config whose [embeddings] and [index] to use")
-    parser.add_argument("--master", help="Spark master for local runs (default local[2])")
+    parser.add_argument("--config", help="a config whose [embeddings] and [index] to use")
+    parser.add_argument("--master", help="Spark master for a local classic session (default local[2])")
+    parser.add_argument("--remote", help="Spark Connect URL (default $SPARK_REMOTE)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
 def parse_settings(args: argparse.Namespace) -> CalibrationSettings:
     mechanisms = tuple(m.strip() for m in args.mechanisms.split(",") if m.strip())
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown or not mechanisms:
-        raise ValueError(f"--mechanisms must name some of {', '.join(sorted(MECHANISMS))}; got {args.mechanisms!r}")
+        raise ConfigError(f"--mechanisms must name some of {', '.join(sorted(MECHANISMS))}; got {args.mechanisms!r}")
     try:
         epsilons = tuple(sorted({float(e) for e in args.epsilons.split(",") if e.strip()}))
     except ValueError:
-        raise ValueError(f"--epsilons must be comma-separated numbers; got {args.epsilons!r}") from None
+        raise ConfigError(f"--epsilons must be comma-separated numbers; got {args.epsilons!r}") from None
     if not epsilons or min(epsilons) <= 0:
-        raise ValueError(f"--epsilons must be positive numbers; got {args.epsilons!r}")
+        raise ConfigError(f"--epsilons must be positive numbers; got {args.epsilons!r}")
     if not 0 < args.target_nw < 1:
-        raise ValueError(f"--target-nw must be between 0 and 1; got {args.target_nw}")
+        raise ConfigError(f"--target-nw must be between 0 and 1; got {args.target_nw}")
     if args.sample < 1 or args.draws < 2:
-        raise ValueError("--sample must be >= 1 and --draws >= 2")
+        raise ConfigError("--sample must be >= 1 and --draws >= 2")
     params: dict[str, dict[str, Any]] = {}
     for item in args.param:
         key, sep, value = item.partition("=")
         mechanism, dot, name = key.partition(".")
         if not sep or not dot or mechanism not in mechanisms:
-            raise ValueError(f"--param expects MECHANISM.KEY=VALUE for a calibrated mechanism; got {item!r}")
+            raise ConfigError(f"--param expects MECHANISM.KEY=VALUE for a calibrated mechanism; got {item!r}")
         params.setdefault(mechanism, {})[name] = _number(value)
     return CalibrationSettings(mechanisms, epsilons, args.sample, args.draws, args.seed, args.target_nw, params)
 
@@ -223,37 +225,24 @@ def _number(text: str) -> Any:
     return text
 
 
-def run_from_arguments(args: argparse.Namespace) -> int:
-    from dp_spark.spark.job import USER_ERRORS, user_error
-    from dp_spark.spark.session import get_session
+def run_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    from dp_spark.spark.session import session
 
-    try:
-        settings = parse_settings(args)
-        config = load_config(args.config) if args.config else None
-    except ValueError as error:
-        return user_error(error)
-    started_here = SparkSession.getActiveSession() is None
-    spark = get_session("dp-spark calibrate", args.master)
-    try:
+    settings = parse_settings(args)
+    config = load_config(args.config, "build") if args.config else None
+    with session("dp-spark calibrate", args.master, args.remote) as spark:
         result = calibrate(
             spark, settings, args.output,
             config.embeddings if config else None, config.index if config else None,
             command="python -m dp_spark calibrate " + " ".join(sys.argv[2:]),
         )
-    except USER_ERRORS as error:
-        return user_error(error)
-    finally:
-        if started_here:
-            spark.stop()
+    return {"command": "calibrate", "status": "succeeded", "locations": result["locations"],
+            "crossings": result["crossings"], "target_nw": settings.target_nw}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
     print("calibration written:")
-    for name, location in result["locations"].items():
+    for name, location in summary["locations"].items():
         print(f"  {name:20s} {location}")
-    for name, text in result["crossings"].items():
-        print(f"  median N_w = {settings.target_nw:g}, {name}: {text}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from dp_spark.spark.job import command_main
-
-    return command_main("calibrate", "N_w / S_w against epsilon.", add_arguments, run_from_arguments, argv)
+    for name, text in summary["crossings"].items():
+        print(f"  median N_w = {summary['target_nw']:g}, {name}: {text}")

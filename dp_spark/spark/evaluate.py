@@ -46,12 +46,16 @@ from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer, StringIndexer
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dp_spark.config import ConfigError, parse_config, read_toml
+from dp_spark import storage
+from dp_spark.config import parse_config, read_toml
+from dp_spark.errors import ConfigError, InputError
 from dp_spark.evaluation import accuracy, compare_at_equal_survival, macro_f1, plot, report, summarise, verdict
 from dp_spark.mechanisms import MECHANISMS
-from dp_spark.spark.io import HadoopFileSystem, read_input, write_plot, write_result_table
-from dp_spark.spark.perturber import DPTextPerturber, perturb_columns, shared_resources
-from dp_spark.spark.resources import complete_params
+from dp_spark.results import write_plot, write_result_table
+from dp_spark.spark.io import read_input
+from dp_spark.spark.perturber import DPTextPerturber, perturb
+from dp_spark.spark.runtime import Runtime, artifact_for, complete_params
+from dp_spark.spark.session import phase
 from dp_spark.stats import plausible_deniability, stratified_sample
 
 log = logging.getLogger("dp_spark.evaluate")
@@ -78,15 +82,11 @@ def load_evaluation_config(path: str) -> tuple[Any, EvaluationSettings]:
     section = document.pop("evaluation", None)
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: missing section [evaluation]")
-    # Reuse the job's validation for the shared sections.
-    job_like = {"input": document.get("input", {}), "output": {"root": "unused"},
-                "columns": [{"name": "unused", "mechanism": "mlap", "epsilon": 1.0}],
-                **{k: v for k, v in document.items() if k in ("embeddings", "index")}}
     unknown = sorted(set(document) - {"input", "embeddings", "index"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: input, embeddings, "
                           "index, evaluation")
-    config = parse_config(job_like, source=path)
+    config = parse_config(document, source=path, command="evaluate")
     allowed = {f.name for f in dataclasses.fields(EvaluationSettings)}
     unknown = sorted(set(section) - allowed)
     if unknown:
@@ -146,18 +146,17 @@ def score(train: DataFrame, test: DataFrame, settings: EvaluationSettings) -> tu
 def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, output_root: str,
              dataset: str, command: str = "") -> dict[str, Any]:
     started = time.perf_counter()
-    df = read_input(spark, config.input, {})
+    df = read_input(spark, config.input).frame
     for column in (settings.text_column, settings.label_column):
         if column not in df.columns:
-            raise ValueError(f"input has no column {column!r} (columns: {', '.join(df.columns)})")
+            raise InputError(f"input has no column {column!r} (columns: {', '.join(df.columns)})")
     df = df.where(F.col(settings.text_column).isNotNull() & F.col(settings.label_column).isNotNull())
-    df = df.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1])).toDF([*df.columns, "row_id"]).cache()
+    df = df.withColumn("row_id", F.monotonically_increasing_id()).cache()
     rows = df.count()
 
     params = {name: complete_params(name, settings.params.get(name, {}), config.index.type)
               for name in settings.epsilons}
-    shared = shared_resources(spark, config.embeddings, config.index, list(params.items()))
-    runtime = shared.runtime
+    runtime = Runtime(artifact_for(config.embeddings, config.index, list(params.items())))
     sample = stratified_sample(len(runtime.vocabulary), settings.nw_sample)
 
     points = []
@@ -175,17 +174,19 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
                     mechanism = runtime.mechanism(name, epsilon, params[name])
                     n_w, _ = plausible_deniability(mechanism, sample, settings.nw_draws)
                     survival[(name, epsilon)] = (float(np.median(n_w)), float(n_w.mean()))
+                # Measuring utility releases nothing: mechanisms without a guarantee are compared too.
                 perturber = (
                     DPTextPerturber(inputCol=settings.text_column, outputCol=settings.text_column,
-                                    mechanism=name, epsilon=epsilon, mechanismParams=json.dumps(params[name]))
+                                    mechanism=name, epsilon=epsilon, mechanismParams=json.dumps(params[name]),
+                                    acceptNoGuarantee=True)
                     .setSeed(f"evaluation-{seed}".encode())
-                    .setResources(shared)
+                    .setRuntime(runtime)
                 )
                 perturber.set(perturber.idCol, "row_id")
-                spark.sparkContext.setJobDescription(f"dp-spark evaluate: {name} eps {epsilon:g} seed {seed}")
-                perturbed_train = perturb_columns(train, [perturber])
-                perturbed_test = perturb_columns(test, [perturber]) if settings.perturb_test else test
-                acc, f1 = score(perturbed_train, perturbed_test, settings)
+                with phase(spark, "evaluate", f"{name} eps {epsilon:g} seed {seed}"):
+                    perturbed_train = perturb(train, [perturber]).data
+                    perturbed_test = perturb(test, [perturber]).data if settings.perturb_test else test
+                    acc, f1 = score(perturbed_train, perturbed_test, settings)
                 median, mean = survival[(name, epsilon)]
                 points.append({"dataset": dataset, "mechanism": name, "epsilon": epsilon, "seed": seed,
                                "accuracy": acc, "macro_f1": f1, "median_nw": median, "mean_nw": mean})
@@ -199,13 +200,11 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
     compared = {"tgumbel", "mlap"} <= set(settings.epsilons)
     comparison = compare_at_equal_survival(results, "tgumbel", "mlap") if compared else pd.DataFrame()
     text = verdict(comparison, "tgumbel", "mlap") if compared else ""
-    fs = HadoopFileSystem(spark, output_root)
-    root = output_root.rstrip("/")
     for name, frame in (("evaluation_points", results), ("evaluation_summary", summary)):
-        write_result_table(spark, frame, f"{root}/{name}")
+        write_result_table(frame, storage.join(output_root, name))
     title = f"{dataset}: test utility against plausible deniability (mean +- sd over seeds)"
-    write_plot(fs, f"{root}/evaluation.png", lambda: plot(summary, title))
-    fs.write_text(f"{root}/evaluation.md", report(dataset, summary, comparison, text, {
+    write_plot(storage.join(output_root, "evaluation.png"), lambda: plot(summary, title))
+    storage.write_text(storage.join(output_root, "evaluation.md"), report(dataset, summary, comparison, text, {
         "command": command, "rows": rows, "test_fraction": settings.test_fraction, "seeds": list(settings.seeds),
         "perturb_test": settings.perturb_test, "nw_sample": len(sample), "nw_draws": settings.nw_draws,
         "model": f"RegexTokenizer, HashingTF ({settings.num_features} features), IDF, LogisticRegression "
@@ -218,38 +217,25 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="TOML with [input] and [evaluation]")
     parser.add_argument("--output", default="output/evaluation", help="output root")
-    parser.add_argument("--dataset", help="name in the report (default: the config file's name)")
-    parser.add_argument("--master", help="Spark master for local runs (default local[2])")
+    parser.add_argument("--dataset", help="name in the report (default: input.dataset, else the config file's name)")
+    parser.add_argument("--master", help="Spark master for a local classic session (default local[2])")
+    parser.add_argument("--remote", help="Spark Connect URL (default $SPARK_REMOTE)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
-def run_from_arguments(args: argparse.Namespace) -> int:
-    from dp_spark.spark.job import USER_ERRORS, user_error
-    from dp_spark.spark.session import get_session
+def run_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    from dp_spark.spark.session import session
 
-    try:
-        config, settings = load_evaluation_config(args.config)
-    except ValueError as error:
-        return user_error(error)
-    started_here = SparkSession.getActiveSession() is None
-    spark = get_session("dp-spark evaluate", args.master)
-    dataset = args.dataset or Path(args.config).stem
-    try:
+    config, settings = load_evaluation_config(args.config)
+    dataset = args.dataset or config.input.dataset or Path(args.config).stem
+    with session("dp-spark evaluate", args.master, args.remote) as spark:
         result = evaluate(spark, config, settings, args.output, dataset,
                           command="python -m dp_spark evaluate " + " ".join(sys.argv[2:]))
-    except USER_ERRORS as error:
-        return user_error(error)
-    finally:
-        if started_here:
-            spark.stop()
-    print(f"evaluation written under {args.output}: evaluation_points, evaluation_summary, evaluation.png, "
+    return {"command": "evaluate", "status": "succeeded", "output": args.output, "verdict": result["verdict"]}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"evaluation written under {summary['output']}: evaluation_points, evaluation_summary, evaluation.png, "
           "evaluation.md")
-    if result["verdict"]:
-        print(result["verdict"])
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from dp_spark.spark.job import command_main
-
-    return command_main("evaluate", "Utility of perturbed text.", add_arguments, run_from_arguments, argv)
-
+    if summary["verdict"]:
+        print(summary["verdict"])

@@ -1,146 +1,173 @@
-"""Reading the input, writing the perturbed table atomically, and small files
-(manifests, result tables, plots) on whatever filesystem the output lives on
-(local, HDFS, S3...)."""
+"""Reading the input and writing the perturbed table, checked before any
+data moves: the formats exist, partition values have the column's type,
+options are ones the writer knows, and no error message ever carries a row.
+
+Malformed CSV or JSON records: Spark's own FAILFAST puts the whole record
+into its error, which then reaches stderr, the Spark logs, the event log and
+the manifest. So a FAILFAST input is read PERMISSIVE into a corrupt-record
+column instead, and the perturbation pass stops at the first malformed
+record with an error naming the file and position, never the content.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-import pandas as pd
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dp_spark.config import InputConfig, OutputConfig
+from dp_spark.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
+CORRUPT_COLUMN = "_dp_corrupt_record"
+SOURCE_FILE_COLUMN = "_dp_source_file"
+TEXT_FORMATS = ("csv", "json")
+TRANSACTIONAL_FORMATS = ("delta", "iceberg")
+COMPRESSIONS = {
+    "parquet": ("none", "uncompressed", "snappy", "gzip", "lzo", "brotli", "lz4", "lz4_raw", "zstd"),
+    "orc": ("none", "uncompressed", "snappy", "zlib", "lzo", "zstd", "lz4", "brotli"),
+    "json": ("none", "uncompressed", "bzip2", "gzip", "lz4", "snappy", "deflate", "zstd"),
+    "csv": ("none", "uncompressed", "bzip2", "gzip", "lz4", "snappy", "deflate", "zstd"),
+}
 
-class HadoopFileSystem:
-    """The Hadoop FileSystem of a path, through Spark's JVM."""
 
-    def __init__(self, spark: SparkSession, path: str) -> None:
-        jvm = spark.sparkContext._jvm
-        self._jvm = jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
-        self._fs = jvm.org.apache.hadoop.fs.Path(path).getFileSystem(self._conf)
+@dataclass(frozen=True)
+class Input:
+    """The input DataFrame and, for a FAILFAST text input, the columns the
+    perturbation pass checks for malformed records (then drops)."""
 
-    def _path(self, path: str) -> Any:
-        return self._jvm.org.apache.hadoop.fs.Path(path)
+    frame: DataFrame
+    malformed: tuple[str, str] | None = None
 
-    def exists(self, path: str) -> bool:
-        return bool(self._fs.exists(self._path(path)))
+    @property
+    def columns(self) -> list[str]:
+        hidden = set(self.malformed or ())
+        return [c for c in self.frame.columns if c not in hidden]
 
-    def delete(self, path: str) -> None:
-        self._fs.delete(self._path(path), True)
 
-    def rename(self, source: str, target: str) -> None:
-        parent = self._path(target).getParent()
-        if parent is not None:
-            self._fs.mkdirs(parent)
-        if not self._fs.rename(self._path(source), self._path(target)):
-            raise OSError(f"could not rename {source} to {target}")
+def parse_partitions(values: list[str]) -> dict[str, str]:
+    """``--partition KEY=VALUE`` flags; a ``/`` in a value is refused (it
+    would read as a nested partition path)."""
+    partitions = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--partition expects KEY=VALUE, got {value!r}")
+        if "/" in raw or "/" in key:
+            raise ConfigError(f"--partition {value}: a partition value cannot contain '/'")
+        partitions[key] = raw
+    return partitions
 
-    def write_text(self, path: str, text: str) -> None:
-        self.write_bytes(path, text.encode("utf-8"))
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a small file whole: to a temporary name, then renamed into place."""
-        temporary = f"{path}.tmp"
-        stream = self._fs.create(self._path(temporary), True)
+def typed_partitions(schema: T.StructType, partitions: dict[str, str]) -> dict[str, Any]:
+    """Partition values cast to their column's type (``rating=05`` on an int
+    column is 5), as JSON-able values for the ledger."""
+    typed = {}
+    for key, raw in partitions.items():
+        if key not in schema.fieldNames():
+            raise InputError(f"--partition {key}={raw}: the input has no column {key!r} "
+                             f"(columns: {', '.join(schema.fieldNames())})")
+        data_type = schema[key].dataType
         try:
-            stream.write(bytearray(data))
-        finally:
-            stream.close()
-        if self.exists(path):
-            self.delete(path)
-        self.rename(temporary, path)
+            if isinstance(data_type, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+                typed[key] = int(raw)
+            elif isinstance(data_type, (T.FloatType, T.DoubleType, T.DecimalType)):
+                typed[key] = float(raw)
+            elif isinstance(data_type, T.BooleanType):
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError
+                typed[key] = raw.lower() == "true"
+            elif isinstance(data_type, T.DateType):
+                typed[key] = datetime.date.fromisoformat(raw).isoformat()
+            elif isinstance(data_type, T.StringType):
+                typed[key] = raw
+            else:
+                raise InputError(f"--partition {key}={raw}: column {key!r} has type "
+                                 f"{data_type.simpleString()}, which cannot select a partition")
+        except ValueError:
+            raise InputError(f"--partition {key}={raw}: column {key!r} has type {data_type.simpleString()} "
+                             f"and {raw!r} is not a value of it") from None
+    return typed
 
-    def read_text(self, path: str) -> str:
-        stream = self._fs.open(self._path(path))
+
+def read_input(spark: SparkSession, config: InputConfig) -> Input:
+    """The input table (lazily: only its schema is resolved)."""
+    options = dict(config.options)
+    malformed = None
+    try:
+        if config.table:
+            return Input(spark.table(config.table))
+        fail_fast = config.format in TEXT_FORMATS and options.get("mode", "").upper() == "FAILFAST"
+        if fail_fast:
+            options.update(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT_COLUMN)
+        reader = spark.read.format(config.format).options(**options)
+        if config.schema or fail_fast:
+            schema = _schema(spark, config)
+            if fail_fast:
+                schema = T.StructType([*schema.fields, T.StructField(CORRUPT_COLUMN, T.StringType(), True)])
+            reader = reader.schema(schema)
+        frame = reader.load(config.path)
+        if fail_fast:
+            frame = frame.withColumn(SOURCE_FILE_COLUMN, F.input_file_name())
+            malformed = (CORRUPT_COLUMN, SOURCE_FILE_COLUMN)
+        frame.schema  # resolve now: a missing path or format fails here, not in a task
+    except AnalysisException as error:
+        raise describe_analysis_error(error, f"input {config.location}") from None
+    return Input(frame, malformed)
+
+
+def _schema(spark: SparkSession, config: InputConfig) -> T.StructType:
+    """The configured DDL schema, or the one Spark infers from the files."""
+    if config.schema:
         try:
-            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
-            lines = []
-            line = reader.readLine()
-            while line is not None:
-                lines.append(line)
-                line = reader.readLine()
-            return "\n".join(lines)
-        finally:
-            stream.close()
+            return spark.createDataFrame([], config.schema).schema
+        except Exception as error:  # Spark raises ParseException, ValueError, ...
+            raise ConfigError(f"input.schema is not a valid DDL schema ({_first_line(error)})") from None
+    options = {k: v for k, v in config.options.items() if k != "mode"}
+    return spark.read.format(config.format).options(**options).load(config.path).schema
 
 
-def write_result_table(spark: SparkSession, frame: pd.DataFrame, location: str) -> None:
-    """A small driver-side result table as one Parquet file at ``location``
-    and one CSV file at ``location``.csv. Infinities are written as null, and
-    a column with no value at all (which has no type) as strings."""
-    df = spark.createDataFrame(frame.replace([np.inf], np.nan))
-    df = df.select([
-        df[f.name].cast("string") if isinstance(f.dataType, T.NullType) else df[f.name] for f in df.schema
-    ]).coalesce(1)
-    df.write.mode("overwrite").parquet(location)
-    df.write.mode("overwrite").option("header", "true").csv(location + ".csv")
+def check_output(spark: SparkSession, config: OutputConfig, schema: T.StructType, probe_location: str) -> None:
+    """Refuse, before anything is written, an output Spark could not write:
+    a format whose data source is not on the classpath, an unknown
+    compression, or a type the format cannot hold."""
+    if config.table is None:
+        try:
+            spark.read.format(config.format).load(probe_location).schema
+        except AnalysisException as error:
+            if "DATA_SOURCE_NOT_FOUND" in str(error) or "Failed to find the data source" in str(error):
+                raise ConfigError(f"output.format = {config.format!r}: Spark has no such data source on its "
+                                  "classpath (add its package, e.g. --packages for delta)") from None
+    codec = config.options.get("compression")
+    if codec is not None and config.format in COMPRESSIONS and codec.lower() not in COMPRESSIONS[config.format]:
+        raise ConfigError(f"output.options.compression = {codec!r} is not a {config.format} codec; one of "
+                          f"{', '.join(COMPRESSIONS[config.format])}")
+    if config.format == "csv":
+        nested = [f.name for f in schema.fields if isinstance(f.dataType, (T.ArrayType, T.MapType, T.StructType))]
+        if nested:
+            raise ConfigError(f"output.format = 'csv' cannot hold column(s) {', '.join(nested)} (array, map or "
+                              "struct): choose parquet, orc or json")
 
 
-def write_plot(fs: HadoopFileSystem, location: str, render: Callable[[], bytes]) -> bool:
-    """Write the PNG that ``render`` draws; without matplotlib, warn and
-    return False."""
-    try:
-        png = render()
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install 'dp-spark[plot]'): no plot written")
-        return False
-    fs.write_bytes(location, png)
-    return True
+def describe_analysis_error(error: AnalysisException, what: str) -> Exception:
+    """An AnalysisException as one line naming ``what`` (no row content can
+    be in one: analysis happens before data is read)."""
+    text = str(error)
+    if "PATH_NOT_FOUND" in text or "Path does not exist" in text:
+        return InputError(f"{what}: the path does not exist")
+    if "DATA_SOURCE_NOT_FOUND" in text:
+        return ConfigError(f"{what}: Spark has no data source for this format on its classpath")
+    if "TABLE_OR_VIEW_NOT_FOUND" in text:
+        return InputError(f"{what}: no such table in the catalog")
+    return InputError(f"{what}: {_first_line(error)}")
 
 
-def read_input(spark: SparkSession, config: InputConfig, partitions: dict[str, str]) -> DataFrame:
-    """The input table, restricted to ``partitions`` (column = value each)."""
-    if config.table:
-        df = spark.table(config.table)
-    else:
-        reader = spark.read.format(config.format).options(**config.options)
-        if config.schema:
-            reader = reader.schema(config.schema)
-        df = reader.load(config.path)
-    for key, value in partitions.items():
-        if key not in df.columns:
-            raise ValueError(
-                f"--partition {key}={value}: the input has no column {key!r} "
-                f"(columns: {', '.join(df.columns)})"
-            )
-        df = df.where(F.col(key) == F.lit(value))
-    return df
-
-
-def write_table(spark: SparkSession, df: DataFrame, config: OutputConfig, run_id: str) -> str:
-    """Write the perturbed table so that a failed run leaves nothing half-written.
-
-    Partitioned output: Spark's dynamic partition overwrite, which stages the
-    files and moves each written partition into place at job commit, replacing
-    only the partitions this run wrote. Unpartitioned output: written to a
-    staging directory, then swapped in by renames after the write succeeded.
-    """
-    table = config.location("table")
-    fs = HadoopFileSystem(spark, table)
-    if config.mode == "error" and fs.exists(table):
-        raise FileExistsError(f"output table {table} exists and output.mode is 'error'")
-    writer = df.write.format(config.format).options(**config.options)
-    if config.partition_by:
-        writer.partitionBy(*config.partition_by).mode("overwrite").option(
-            "partitionOverwriteMode", "dynamic"
-        ).save(table)
-        return table
-    staging = config.location(f"_staging-{run_id}")
-    try:
-        writer.mode("errorifexists").save(f"{staging}/table")
-    except Exception:
-        fs.delete(staging)
-        raise
-    if fs.exists(table):
-        fs.rename(table, f"{staging}/previous")
-    fs.rename(f"{staging}/table", table)
-    fs.delete(staging)
-    return table
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,4 +1,5 @@
-"""The perturb job end to end on local[2]."""
+"""The perturb job end to end (classic local[2]; the tests marked e2e also
+under Spark Connect)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,33 @@ import pandas as pd
 import pytest
 from chispa import assert_df_equality
 
-from dp_spark.embeddings import Embeddings
+from dp_spark.embeddings import Embeddings, only_words
+from dp_spark.errors import ConfigError, InputError, PrivacyRefusal
 from dp_spark.ledger import RecompositionRefused
-from dp_spark.spark.job import run
-from dp_spark.spark.resources import only_words
+from dp_spark.ledger_store import LedgerStore
+from dp_spark.spark.perturb import Seed, run
 from tests.spark.conftest import VOCAB_SIZE
 
-# The tokenizer's words: letters and digits, apostrophes inside.
-WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-SEED = b"test-seed-do-not-leak-3141592653"
+# The tokenizer's words: letters and digits, apostrophes inside, and clitics
+# ("'s", "n't"), which are vocabulary words and so can also be substitutes.
+WORD = re.compile(r"['’]?[^\W_]+(?:['’][^\W_]+)*")
+PLACEHOLDER = re.compile(r"<(?:unk|num|email|url|phone)>")
+
+
+def words_of(text):
+    """The words of a text, a placeholder counting as one."""
+    return WORD.findall(PLACEHOLDER.sub("x", text or ""))
+
+
+def separators_of(text):
+    return WORD.sub("", PLACEHOLDER.sub("x", text))
+SEED = Seed(b"test-seed-do-not-leak-3141592653", "given")
 TEXTS = [
     "The movie was terrible, said Maria in Paris.",
     None,
     "",
     "Café in Zürich: the naïve barista said «très bien».",
-    "I'd call 555-0199 about order #123456 in Berlin!",
+    "I would call about the order in Berlin!",
     " ".join(["the good movie"] * 700),  # a very long row: 2,100 words
 ]
 
@@ -42,14 +55,14 @@ def reviews(n=240):
 @pytest.fixture
 def input_path(spark, tmp_path):
     path = tmp_path / "input"
-    spark.createDataFrame(reviews(), "id long, ds string, text string, tokens array<string>") \
-        .repartition(3).write.parquet(str(path))
+    reviews().to_parquet(path.with_suffix(".parquet"))
+    spark.read.parquet(str(path.with_suffix(".parquet"))).repartition(3).write.parquet(str(path))
     return path
 
 
 COLUMNS = [
     {"name": "text", "mechanism": "mlap", "epsilon": 8.0, "output": "add"},
-    {"name": "tokens", "mechanism": "tgumbel", "epsilon": 2000.0},
+    {"name": "tokens", "mechanism": "tem", "epsilon": 10.0},
 ]
 
 
@@ -57,7 +70,8 @@ def read(spark, path, order="id"):
     return spark.read.parquet(str(path)).orderBy(order)
 
 
-def test_end_to_end_string_and_array_columns(spark, make_config, input_path, tmp_path):
+@pytest.mark.e2e
+def test_end_to_end_string_and_array_columns(spark, make_config, input_path):
     config = make_config(input_path, COLUMNS, job={"id_column": "id"})
     result = run(spark, config, seed=SEED)
     out = read(spark, result.locations["table"]).toPandas()
@@ -70,8 +84,8 @@ def test_end_to_end_string_and_array_columns(spark, make_config, input_path, tmp
         if original is None:
             assert perturbed is None
         else:
-            assert WORD.sub("", original) == WORD.sub("", perturbed)
-            assert len(WORD.findall(original)) == len(WORD.findall(perturbed))
+            assert separators_of(original) == separators_of(perturbed)
+            assert len(words_of(original)) == len(words_of(perturbed))
     for original, perturbed in zip(source["tokens"], out["tokens"]):
         assert (original is None) == (perturbed is None)
         if original is not None:
@@ -80,16 +94,18 @@ def test_end_to_end_string_and_array_columns(spark, make_config, input_path, tmp
     manifest = json.loads(Path(result.locations["manifest"]).read_text())
     assert manifest["status"] == "succeeded" and manifest["rows"] == len(source)
     assert manifest["seed_source"] == "given" and len(manifest["seed_fingerprint"]) == 32
+    assert not [p for p in Path(config.output.root).iterdir() if p.name.startswith("_staging")]
 
 
-def test_seed_appears_nowhere_in_outputs_or_logs(spark, make_config, input_path, tmp_path, caplog):
+@pytest.mark.e2e
+def test_seed_appears_nowhere_in_outputs_or_logs(spark, make_config, input_path, caplog):
     caplog.set_level("DEBUG")
     result = run(spark, make_config(input_path, COLUMNS), seed=SEED)
     root = Path(result.locations["table"]).parent
     for path in root.rglob("*"):
         if path.is_file():
-            assert SEED not in path.read_bytes(), path
-    assert SEED.decode() not in caplog.text
+            assert SEED.value not in path.read_bytes(), path
+    assert SEED.value.decode() not in caplog.text
 
 
 def test_statistics_agree_with_independent_counts(spark, make_config, input_path, embeddings_files):
@@ -102,7 +118,7 @@ def test_statistics_agree_with_independent_counts(spark, make_config, input_path
     tokens = perturbed = changed = 0
     pairs = Counter()
     for original, output in zip(source["text"], out["text_dp"]):
-        before, after = WORD.findall(original or ""), WORD.findall(output or "")
+        before, after = words_of(original), words_of(output)
         assert len(before) == len(after)
         for a, b in zip(before, after):
             tokens += 1
@@ -122,8 +138,10 @@ def test_statistics_agree_with_independent_counts(spark, make_config, input_path
     assert reported == {pair: n for pair, n in pairs.items() if n >= 3}
     assert row["pairs_suppressed"] == sum(1 for n in pairs.values() if n < 3)
     assert row["row_epsilon_max"] == pytest.approx(8.0 * 2100)
-    # plausible deniability of the mechanism over the vocabulary
+    assert (row["guarantee"], row["guarantee_epsilon"], row["epsilon_total_per_token"]) == ("pure", 8.0, 8.0)
+    # plausible deniability of the mechanism over the vocabulary and over the text's words
     assert 0 <= row["nw_p5"] <= row["nw_p50"] <= row["nw_p95"] <= 1 and row["sw_p50"] >= 1
+    assert 0 <= row["nw_text_mean"] <= 1 and 0 < row["text_tokens_covered"] <= 1
     assert row["deniability_source"] == "200 vocabulary words x 100 draws"
 
 
@@ -135,17 +153,19 @@ def test_small_counts_are_suppressed(spark, make_config, input_path):
     assert row["pairs_reported"] == 0 and row["pairs_suppressed"] > 0
 
 
+@pytest.mark.e2e
 def test_same_seed_same_output_other_seed_other_output(spark, make_config, input_path, tmp_path):
     first = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "a"), seed=SEED)
     again = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "b"), seed=SEED)
-    other = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "c"), seed=b"another seed")
+    other = run(spark, make_config(input_path, COLUMNS, root=tmp_path / "c"), seed=Seed(b"another seed", "given"))
     table = lambda r: read(spark, r.locations["table"])  # noqa: E731
     assert_df_equality(table(first), table(again))
     assert table(first).exceptAll(table(other)).count() > 0
 
 
-def test_id_keys_make_output_independent_of_partitioning(spark, make_config, tmp_path):
-    frame = spark.createDataFrame(reviews(), "id long, ds string, text string, tokens array<string>")
+@pytest.mark.e2e
+def test_id_keys_make_output_independent_of_partitioning(spark, make_config, tmp_path, input_path):
+    frame = spark.read.parquet(str(input_path))
     frame.coalesce(1).write.parquet(str(tmp_path / "one"))
     frame.repartition(4).write.parquet(str(tmp_path / "four"))
     outputs = [
@@ -156,20 +176,8 @@ def test_id_keys_make_output_independent_of_partitioning(spark, make_config, tmp
     assert_df_equality(*(read(spark, r.locations["table"]) for r in outputs))
 
 
-def test_map_arrow_and_pandas_plumbing_agree_with_id_keys(spark, make_config, input_path, tmp_path):
-    """Keyed by id, the output does not depend on how rows are batched (the
-    three plumbings batch differently: by position, outputs would differ)."""
-    runs = [
-        run(spark, make_config(input_path, COLUMNS, root=tmp_path / kind, job={"udf": kind, "id_column": "id"}),
-            seed=SEED)
-        for kind in ("map", "arrow", "pandas")
-    ]
-    tables = [read(spark, r.locations["table"]) for r in runs]
-    assert_df_equality(tables[0], tables[1])
-    assert_df_equality(tables[0], tables[2])
-
-
-def test_partition_overwrite_touches_only_its_partition(spark, make_config, input_path, tmp_path):
+@pytest.mark.e2e
+def test_partition_overwrite_touches_only_its_partition(spark, make_config, input_path):
     config = make_config(input_path, COLUMNS, output={"partition_by": ["ds"]}, job={"id_column": "id"})
     first = run(spark, config, seed=SEED)
     table = Path(first.locations["table"])
@@ -182,21 +190,62 @@ def test_partition_overwrite_touches_only_its_partition(spark, make_config, inpu
             assert after[partition] != files  # rewritten
         else:
             assert after[partition] == files  # untouched
-    full = read(spark, table).toPandas()
-    assert len(full) == len(reviews())
-    entries = pd.read_parquet(replay.locations["ledger"])
-    assert set(entries["partition"]) == {"*", "ds=2026-11-21"}
+    assert len(read(spark, table).toPandas()) == len(reviews())
+    entries = LedgerStore(replay.locations["ledger"]).entries()
+    assert {e.partition for e in entries} == {"{}", '{"ds":"2026-11-21"}'}
+    assert replay.totals["text"].epsilon == 8.0  # a replay adds nothing
 
 
 def test_new_seed_on_released_data_is_refused(spark, make_config, input_path):
     config = make_config(input_path, COLUMNS[:1])
     run(spark, config, seed=SEED)
     with pytest.raises(RecompositionRefused, match="column 'text'.*total 16"):
-        run(spark, config, seed=b"fresh")
-    recomposed = run(spark, config, seed=b"fresh", allow_recompose=True)
+        run(spark, config, seed=Seed(b"fresh", "given"))
+    recomposed = run(spark, config, seed=Seed(b"fresh", "given"), allow_recompose=True)
     row = pd.read_parquet(recomposed.locations["privacy_stats"]).query(f"run_id == '{recomposed.run_id}'").iloc[0]
     assert row["epsilon_total_per_token"] == 16.0
-    assert len(pd.read_parquet(recomposed.locations["ledger"])) == 2
+    assert len([e for e in LedgerStore(recomposed.locations["ledger"]).entries() if e.status == "committed"]) == 2
+
+
+def test_another_release_under_the_same_seed_draws_fresh_noise_and_composes(spark, make_config, input_path):
+    """Regression: the noise key ignored the mechanism's parameters, so a
+    release with another max_distance under one seed shared its noise with
+    the first and was accepted as a replay (total still 8)."""
+    first = run(spark, make_config(input_path, COLUMNS[:1], job={"id_column": "id"}), seed=SEED)
+    truncated = [{**COLUMNS[0], "params": {"max_distance": 4.0}}]
+    config = make_config(input_path, truncated, job={"id_column": "id"})
+    with pytest.raises(RecompositionRefused, match="total 16"):
+        run(spark, config, seed=SEED)
+    second = run(spark, config, seed=SEED, allow_recompose=True)
+    assert second.totals["text"].epsilon == 16.0 and second.totals["text"].delta > 0
+    again = run(spark, config, seed=SEED)  # the identical release is a replay
+    assert again.totals["text"].epsilon == 16.0
+    tables = [read(spark, r.locations["table"]).toPandas() for r in (first, second)]
+    assert (tables[0]["text_dp"] != tables[1]["text_dp"]).sum() > 0
+
+
+@pytest.mark.e2e
+def test_duplicate_row_keys_are_refused_before_anything_is_written(spark, make_config, tmp_path):
+    frame = reviews()
+    frame.loc[frame.index[:3], "id"] = 7
+    frame.to_parquet(tmp_path / "dups.parquet")
+    config = make_config(tmp_path / "dups.parquet", COLUMNS[:1], job={"id_column": "id"})
+    with pytest.raises(InputError, match=r"id column 'id' is not unique: 1 value\(s\) repeat, over 4 rows"):
+        run(spark, config, seed=SEED)
+    root = Path(config.output.root)
+    assert not (root / "table").exists() and not (root / "privacy_stats").exists()
+
+
+def test_a_mechanism_without_a_guarantee_runs_only_when_the_column_accepts_it(spark, make_config, input_path):
+    columns = [{"name": "tokens", "mechanism": "tgumbel", "epsilon": 2000.0}]
+    with pytest.raises(PrivacyRefusal, match="promises no privacy guarantee.*accept_no_guarantee = true"):
+        run(spark, make_config(input_path, columns), seed=SEED)
+    accepted = run(spark, make_config(input_path, [{**columns[0], "accept_no_guarantee": True}]), seed=SEED)
+    row = pd.read_parquet(accepted.locations["privacy_stats"]).iloc[0]
+    assert row["guarantee"] == "none" and pd.isna(row["guarantee_epsilon"])
+    assert pd.isna(row["epsilon_total_per_token"]) and row["releases_without_guarantee"] == 1
+    (entry,) = LedgerStore(accepted.locations["ledger"]).entries()
+    assert entry.guarantee == "none" and entry.guarantee_epsilon is None
 
 
 @pytest.mark.parametrize(
@@ -205,40 +254,48 @@ def test_new_seed_on_released_data_is_refused(spark, make_config, input_path):
         ([{"name": "missing", "mechanism": "mlap", "epsilon": 8.0}], r"input has no column 'missing'"),
         ([{"name": "id", "mechanism": "mlap", "epsilon": 8.0}], r"column 'id' has type bigint"),
         ([{"name": "tokens", "mechanism": "mlap", "epsilon": 8.0, "kind": "string"}], r"configured as kind 'string'"),
-        ([{"name": "text", "mechanism": "tgumbel", "epsilon": 10.0}], r"epsilon_min"),
+        ([{"name": "text", "mechanism": "tgumbel", "epsilon": 10.0, "accept_no_guarantee": True}], r"epsilon_min"),
     ],
 )
 def test_bad_input_fails_before_anything_is_written(spark, make_config, input_path, columns, error):
     config = make_config(input_path, columns)
-    with pytest.raises(ValueError, match=error):
+    with pytest.raises((InputError, ConfigError), match=error):
         run(spark, config, seed=SEED)
     root = Path(config.output.root)
-    assert not (root / "table").exists() and not (root / "ledger").exists()
-    (manifest,) = (root / "manifests").glob("*.json")
-    assert json.loads(manifest.read_text())["status"] == "failed"
+    assert not (root / "table").exists() and not (root / "ledger").exists() and not (root / "manifests").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("partitioned", [True, False])
 def test_failed_run_leaves_the_table_as_it_was(spark, make_config, tmp_path, partitioned):
     """A task fails mid-write (a null id in the last rows); the table written
-    by the previous run is untouched and no partial file is visible."""
-    schema = "id long, ds string, text string, tokens array<string>"
+    by the previous run is untouched, nothing partial is visible, and the
+    failed run's ledger entry is rolled back."""
     good = reviews()
-    spark.createDataFrame(good, schema).repartition(3).write.parquet(str(tmp_path / "good"))
+    good.to_parquet(tmp_path / "good.parquet")
     bad = good.copy()
     bad["id"] = bad["id"].astype("Int64")
     bad.loc[len(bad) - 1, "id"] = None
-    spark.createDataFrame(bad, schema).repartition(3).write.parquet(str(tmp_path / "bad"))
-    config = make_config(tmp_path / "good", COLUMNS, job={"id_column": "id"},
+    bad.to_parquet(tmp_path / "bad.parquet")
+    config = make_config(tmp_path / "good.parquet", COLUMNS, job={"id_column": "id"},
                          output={"partition_by": ["ds"] if partitioned else []})
     first = run(spark, config, seed=SEED)
     table = Path(first.locations["table"])
     snapshot = {p.relative_to(table): p.read_bytes() for p in table.rglob("*") if p.is_file()}
-    with pytest.raises(Exception, match="null value"):
-        run(spark, config.with_overrides(input_path=str(tmp_path / "bad")), seed=SEED)
+    with pytest.raises(InputError, match="null value"):
+        run(spark, config.with_overrides(input_path=str(tmp_path / "bad.parquet")), seed=SEED)
     assert {p.relative_to(table): p.read_bytes() for p in table.rglob("*") if p.is_file()} == snapshot
-    leftovers = [p for p in Path(config.output.root).rglob("*") if "staging" in p.name]
-    assert leftovers == []
+    assert [p for p in Path(config.output.root).rglob("*") if "staging" in p.name] == []
+    statuses = sorted(e.status for e in LedgerStore(first.locations["ledger"]).entries())
+    assert statuses == ["committed", "committed", "rolled_back", "rolled_back"]
+
+
+def test_explain_validates_and_writes_nothing(spark, make_config, input_path):
+    config = make_config(input_path, COLUMNS, job={"id_column": "id"})
+    plan = run(spark, config, seed=SEED, explain=True)
+    assert plan.status == "explained" and not Path(config.output.root).exists()
+    assert [c["guarantee"] for c in plan.manifest["columns"]] == ["8-d_X, d = euclidean distance",
+                                                                  "10-d_X, d = euclidean distance"]
 
 
 def test_vocabulary_size_fixture_is_small(embeddings_files):

@@ -51,7 +51,7 @@ def test_config_errors_exit_2_without_starting_spark(tmp_path, capsys):
     bad.write_text('[input]\npath = "x"\n[output]\nroot = "y"\n[[columns]]\nname = "t"\nmechanism = "lap"\nepsilon = 1\n')
     assert main(["perturb", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "columns[0].mechanism must be one of custext, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'lap'" in err
+    assert "columns[0].mechanism must be one of custext, diffractor, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'lap'" in err
     assert "Traceback" not in err
 
 

@@ -42,7 +42,8 @@ def test_defaults_and_types():
     assert config.columns[0].epsilon == 10.0 and isinstance(config.columns[0].epsilon, float)
     assert config.columns[0].output_name == "text"
     assert config.embeddings.vocab_size is None and config.index.neighbours == 64
-    assert config.job.min_count == 10 and config.job.udf == "map"
+    assert config.job.min_count == 10 and config.columns[0].oov == "replace"
+    assert config.columns[0].accept_no_guarantee is False
     assert parse_config(minimal(columns__output="add")).columns[0].output_name == "text_dp"
 
 
@@ -59,13 +60,18 @@ def test_options_become_strings_and_overrides_apply():
         ({"extra": {}}, r"unknown key\(s\) extra in the top level; allowed: columns, embeddings"),
         ({"input__pathh": "x"}, r"unknown key\(s\) pathh in input; allowed: dataset, format"),
         ({"columns__oov": "skip"}, r"columns\[0\]\.oov must be one of keep, drop, replace; got 'skip'"),
-        ({"columns__mechanism": "laplace"}, r"columns\[0\]\.mechanism must be one of custext, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'laplace'"),
+        ({"columns__mechanism": "laplace"}, r"columns\[0\]\.mechanism must be one of custext, diffractor, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'laplace'"),
         ({"columns__epsilon": -1}, r"columns\[0\]\.epsilon must be positive, got -1"),
         ({"columns__epsilon": "10"}, r"columns\[0\]\.epsilon must be a number, got '10'"),
         ({"columns__params": {"radius": 1}}, r"unknown parameter\(s\) radius for mechanism 'mlap'; allowed: index_type, max_distance"),
         ({"index__type": "annoy"}, r"index\.type must be one of flat, hnsw, ivf; got 'annoy'"),
         ({"index__neighbours": 0}, r"index\.neighbours must be positive"),
-        ({"job__udf": "scalar"}, r"job\.udf must be one of map, arrow, pandas"),
+        ({"job__udf": "map"}, r"job\.udf was removed"),
+        ({"columns__params": {"beta": 2.0}, "columns__mechanism": "tem"}, r"job\.toml: columns\[0\]: mechanism 'tem': beta must be in \[0, 1\], got 2\.0"),
+        ({"columns__epsilon": float("inf")}, r"columns\[0\]\.epsilon must be finite"),
+        ({"output__root": ""}, r"output\.root must name a directory"),
+        ({"input__path": "out/table/part"}, r"input\.path out/table/part is the output table or inside it"),
+        ({"output__root": "in.parquet/x"}, r"output\.root in\.parquet/x is inside input\.path"),
         ({"job__min_count": True}, r"job\.min_count must be an integer"),
         ({"output__partition_by": "ds"}, r"output\.partition_by must be a list of strings"),
         ({"output__partition_by": ["text"]}, r"partition_by cannot include perturbed column\(s\) text"),

@@ -1,88 +1,127 @@
+"""Privacy accounting across runs: replays, recomposition, per-row
+composition over partition selections, guarantees, and the ledger's files."""
+
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 
+from dp_spark.guarantees import Guarantee
 from dp_spark.ledger import (
     LedgerEntry,
     RecompositionRefused,
     Release,
-    check_recomposition,
+    canonical_partition,
+    overlaps,
     partition_label,
-    partitions_overlap,
+    plan_run,
 )
+from dp_spark.ledger_store import LedgerStore
+
+EPS = Guarantee.pure(12.0)
 
 
-def entry(partition="ds=1", column="text", fingerprint="aaa", epsilon=10.0, run="r1", row_key="id:id",
-          output="text"):
-    return LedgerEntry(run, "reviews", partition, column, output, "mlap", epsilon, fingerprint, row_key, "2026-11-22")
+def release(epsilon=12.0, fingerprint="rel-a", guarantee=None, column="text"):
+    return Release(column, column, "mlap", epsilon, fingerprint, guarantee or Guarantee.pure(epsilon))
 
 
-def releases(epsilon, column="text", output="text", mechanism="mlap"):
-    return [Release(column, output, mechanism, epsilon)]
+def entries_of(run, selection, releases, seed="seed-a", row_key="id:id", status="committed"):
+    return [LedgerEntry.of(r, run_id=run, dataset="reviews", partition=canonical_partition(selection),
+                           seed_fingerprint=seed, row_key=row_key, recorded_at="2026-12-01", status=status)
+            for r in releases]
 
 
 def test_partition_labels_and_overlap():
     assert partition_label({}) == "*"
     assert partition_label({"region": "eu", "ds": "1"}) == "ds=1/region=eu"
-    assert partitions_overlap("*", "ds=1")
-    assert partitions_overlap("ds=1", "ds=1/region=eu")
-    assert not partitions_overlap("ds=1", "ds=2")
-    assert not partitions_overlap("ds=1/region=eu", "ds=1/region=us")
+    assert overlaps({}, {"ds": "1"}) and overlaps({"ds": "1"}, {"ds": "1", "region": "eu"})
+    assert not overlaps({"ds": "1"}, {"ds": "2"})
+    assert not overlaps({"ds": "1", "region": "eu"}, {"ds": "1", "region": "us"})
+    assert canonical_partition({"rating": 5}) == canonical_partition({"rating": int("05")}) == '{"rating":5}'
 
 
-def test_replay_with_the_same_seed_is_allowed():
-    totals = check_recomposition([entry()], "reviews", "ds=1", releases(10.0), "aaa", "id:id", allow=False)
-    assert totals == {"text": 10.0}
+def test_same_seed_and_release_replays_other_seed_is_refused_then_composes():
+    earlier = entries_of("r1", {}, [release()])
+    totals = plan_run(earlier, "reviews", {}, [release()], "seed-a", "id:id", allow_recompose=False)
+    assert totals["text"].epsilon == 12.0 and totals["text"].earlier == ()
+    with pytest.raises(RecompositionRefused, match=r"column 'text': run r1 .* total 24.*--seed-file"):
+        plan_run(earlier, "reviews", {}, [release()], "seed-b", "id:id", allow_recompose=False)
+    assert plan_run(earlier, "reviews", {}, [release()], "seed-b", "id:id", True)["text"].epsilon == 24.0
 
 
-def test_new_seed_on_released_partition_is_refused_with_totals():
-    with pytest.raises(RecompositionRefused, match=r"(?s)column .text.: run r1 .* total 20.*--allow-recompose"):
-        check_recomposition([entry()], "reviews", "ds=1", releases(10.0), "bbb", "id:id", allow=False)
+def test_another_release_under_the_same_seed_is_not_a_replay():
+    """Regression: the replay test compared mechanism and epsilon only, so
+    max_distance = 3 under the same seed and epsilon passed as a replay."""
+    earlier = entries_of("r1", {}, [release()])
+    truncated = release(fingerprint="rel-b", guarantee=Guarantee.approximate(12.0, 1e-3))
     with pytest.raises(RecompositionRefused):
-        check_recomposition([entry(partition="*")], "reviews", "ds=1", releases(10.0), "bbb", "id:id", allow=False)
+        plan_run(earlier, "reviews", {}, [truncated], "seed-a", "id:id", False)
+    total = plan_run(earlier, "reviews", {}, [truncated], "seed-a", "id:id", True)["text"]
+    assert (total.epsilon, total.delta) == (24.0, 1e-3)
 
 
-def test_other_partition_column_or_dataset_is_not_composition():
-    entries = [entry(partition="ds=2"), entry(column="title")]
-    assert check_recomposition(entries, "reviews", "ds=1", releases(5.0), "bbb", "id:id", allow=False) == {"text": 5.0}
-    other = LedgerEntry("r", "other", "ds=1", "text", "text", "mlap", 1.0, "zzz", "id:id", "t")
-    assert check_recomposition([other], "reviews", "ds=1", releases(5.0), "bbb", "id:id", allow=False) == {"text": 5.0}
+def test_composition_is_per_row_over_partitions():
+    """Two runs on separate partitions at 12 each, then one over everything:
+    every row has seen two releases (24), not three (36)."""
+    history = entries_of("r1", {"ds": "1"}, [release()], seed="s1") + entries_of("r2", {"ds": "2"}, [release()],
+                                                                                  seed="s2")
+    total = plan_run(history, "reviews", {}, [release()], "s3", "id:id", True)["text"]
+    assert total.epsilon == 24.0
+    nested = history + entries_of("r3", {"ds": "1", "region": "eu"}, [release()], seed="s3")
+    assert plan_run(nested, "reviews", {}, [release()], "s4", "id:id", True)["text"].epsilon == 36.0
+    assert plan_run(nested, "reviews", {"ds": "2"}, [release()], "s4", "id:id", True)["text"].epsilon == 24.0
 
 
-def test_allowed_recomposition_adds_up_each_seed_once():
-    entries = [entry(), entry(run="r2"), entry(fingerprint="ccc", epsilon=3.0, run="r3")]
-    totals = check_recomposition(entries, "reviews", "ds=1", releases(10.0), "bbb", "id:id", allow=True)
-    assert totals == {"text": 23.0}
-
-
-def test_same_seed_keyed_by_position_replays_only_the_same_selection():
-    """Position keys depend on which rows a run reads: the same seed over
-    another selection draws fresh noise for the rows both runs share."""
-    full = entry(partition="*", row_key="position")
-    assert check_recomposition([full], "reviews", "*", releases(10.0), "aaa", "position", allow=False)
+def test_position_keyed_runs_replay_only_the_same_selection():
+    earlier = entries_of("r1", {"ds": "1"}, [release()], row_key="position")
+    same = plan_run(earlier, "reviews", {"ds": "1"}, [release()], "seed-a", "position", False)["text"]
+    assert same.epsilon == 12.0
     with pytest.raises(RecompositionRefused):
-        check_recomposition([full], "reviews", "ds=1", releases(10.0), "aaa", "position", allow=False)
-    keyed = entry(partition="*")
-    assert check_recomposition([keyed], "reviews", "ds=1", releases(10.0), "aaa", "id:id", allow=False)
-    with pytest.raises(RecompositionRefused):  # same seed, other keying: other noise
-        check_recomposition([keyed], "reviews", "*", releases(10.0), "aaa", "position", allow=False)
+        plan_run(earlier, "reviews", {}, [release()], "seed-a", "position", False)
 
 
-def test_several_releases_of_one_column_add_up_and_replay_together():
-    """Comparing mechanisms on one column: each release adds its epsilon; the
-    same run again (same seed) replays all of them."""
-    run = [Release("text", "text_mlap", "mlap", 10.0), Release("text", "text_tem", "tem", 4.0)]
-    assert check_recomposition([], "reviews", "ds=1", run, "aaa", "id:id", allow=False) == {"text": 14.0}
-    earlier = [entry(output="text_mlap"), LedgerEntry("r1", "reviews", "ds=1", "text", "text_tem", "tem", 4.0,
-                                                      "aaa", "id:id", "t")]
-    assert check_recomposition(earlier, "reviews", "ds=1", run, "aaa", "id:id", allow=False) == {"text": 14.0}
-    with pytest.raises(RecompositionRefused):  # same seed, another mechanism: other noise
-        check_recomposition(earlier, "reviews", "ds=1", [Release("text", "text_mlap", "santext", 10.0)],
-                            "aaa", "id:id", allow=False)
+def test_a_release_without_a_guarantee_leaves_the_total_unbounded():
+    unguaranteed = release(guarantee=Guarantee.none("tgumbel"))
+    earlier = entries_of("r1", {}, [unguaranteed])
+    total = plan_run(earlier, "reviews", {}, [release()], "seed-b", "id:id", True)["text"]
+    assert not total.bounded and total.unprotected == 1 and total.epsilon == 12.0
+    with pytest.raises(RecompositionRefused, match="unbounded"):
+        plan_run(earlier, "reviews", {}, [release()], "seed-b", "id:id", False)
 
 
-def test_releases_of_one_seed_at_different_epsilons_each_count():
-    """The same seed at another epsilon draws other outputs: a release of its own."""
-    entries = [entry(epsilon=10.0), entry(epsilon=5.0, run="r2")]
-    totals = check_recomposition(entries, "reviews", "ds=1", releases(1.0), "bbb", "id:id", allow=True)
-    assert totals == {"text": 16.0}
+def test_pending_releases_count_and_rolled_back_ones_do_not():
+    pending = entries_of("r1", {}, [release()], status="pending")
+    with pytest.raises(RecompositionRefused, match="pending"):
+        plan_run([LedgerEntry(**{**pending[0].to_dict(), "recorded_at": ""})], "reviews", {}, [release()],
+                 "seed-b", "id:id", False)
+    rolled_back = entries_of("r1", {}, [release()], status="rolled_back")
+    assert plan_run(rolled_back, "reviews", {}, [release()], "seed-b", "id:id", False)["text"].epsilon == 12.0
+
+
+def test_several_releases_of_one_column_in_a_run_add_up():
+    mine = [release(fingerprint="a"), Release("text", "text_tem", "tem", 5.0, "b", Guarantee.pure(5.0))]
+    assert plan_run([], "reviews", {}, mine, "seed", "id:id", False)["text"].epsilon == 17.0
+
+
+def test_store_records_pending_then_commits_or_rolls_back(tmp_path):
+    store = LedgerStore(str(tmp_path / "ledger"))
+    store.record("r1", entries_of("r1", {}, [release()]))
+    assert store.pending_runs() == ["r1"] and store.entries()[0].status == "pending"
+    store.set_status("r1", "committed")
+    store.record("r2", entries_of("r2", {}, [release()], seed="s2"))
+    store.set_status("r2", "rolled_back")
+    assert {e.run_id: e.status for e in store.entries()} == {"r1": "committed", "r2": "rolled_back"}
+    record = json.loads((tmp_path / "ledger" / "r1.json").read_text())
+    assert record["entries"][0]["guarantee"] == "pure" and record["entries"][0]["guarantee_epsilon"] == 12.0
+
+
+def test_store_reads_a_version_0_1_parquet_ledger_as_unguaranteed(tmp_path):
+    legacy = tmp_path / "ledger"
+    legacy.mkdir()
+    pd.DataFrame([{"run_id": "old", "dataset": "reviews", "partition": "ds=1", "column": "text",
+                   "output_column": "text", "mechanism": "mlap", "epsilon": 12.0, "seed_fingerprint": "f",
+                   "row_key": "id:id", "recorded_at": "2026-11-22"}]).to_parquet(legacy / "part-0.parquet")
+    (entry,) = LedgerStore(str(legacy)).entries()
+    assert (entry.selection, entry.guarantee, entry.status) == ({"ds": "1"}, "none", "committed")

@@ -42,7 +42,7 @@ def mechanism(request, small_embeddings, table, floor):
 
 
 def test_unknown_mechanism_lists_the_allowed_names(small_embeddings):
-    with pytest.raises(ValueError, match=r"mechanism must be one of custext, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'laplace'"):
+    with pytest.raises(ValueError, match=r"mechanism must be one of custext, diffractor, kde, mahalanobis, mlap, santext, tem, tgumbel, vickrey; got 'laplace'"):
         build_mechanism("laplace", small_embeddings, epsilon=1.0)
 
 
@@ -166,6 +166,7 @@ BOOKED = {
     "tem": ("pure", "euclidean"),
     "santext": ("pure", "euclidean"),
     "custext": ("within_sets", "0/1 within an output set, unbounded across sets"),
+    "diffractor": ("pure", "list position (1 list, list seed 0)"),
     "tgumbel-max_distance": ("none", None),
     "kde-sampler": ("none", None),
     "santext-sensitive_fraction": ("none", None),

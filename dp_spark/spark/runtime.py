@@ -1,0 +1,197 @@
+"""What executors need to perturb, and how it reaches them: the artifact's
+files shipped with Spark's file distribution, memory-mapped by each Python
+worker and cached for the worker's life.
+
+Files, not pickled closures or broadcasts: Spark Connect has no broadcast,
+and a 90 MB closure runs a local Connect server out of memory. The same
+``spark.addArtifacts(..., file=True)`` serves classic Spark and Connect;
+executors find the files with ``SparkFiles.get``. The noise keys travel the
+same way, in a small file shipped per run, never inside a serialized function
+(py4j logs pickled UDFs at DEBUG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from dp_spark.artifact import Artifact, add_array, cached_artifact, index_role, open_artifact
+from dp_spark.config import EmbeddingsConfig, IndexConfig
+from dp_spark.errors import ConfigError, DPRuntimeError
+from dp_spark.index import configure_faiss
+from dp_spark.mechanisms import Mechanism, build_mechanism, mechanism_class
+from dp_spark.embeddings import load_embeddings
+from dp_spark.tokenize import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def complete_params(name: str, params: dict[str, Any], index_type: str) -> dict[str, Any]:
+    """A mechanism's parameters with the job's index type filled in where it decodes by search."""
+    if mechanism_class(name).needs_index and "index_type" not in params:
+        return {**params, "index_type": index_type}
+    return dict(params)
+
+
+def index_types_needed(mechanisms: list[tuple[str, dict[str, Any]]]) -> tuple[str, ...]:
+    """Approximate index types that mechanisms given as (name, complete params) decode with."""
+    return tuple(sorted({
+        params["index_type"] for name, params in mechanisms
+        if mechanism_class(name).needs_index and params["index_type"] != "flat"
+    }))
+
+
+def artifact_for(
+    embeddings: EmbeddingsConfig, index: IndexConfig, mechanisms: list[tuple[str, dict[str, Any]]]
+) -> Artifact:
+    """The artifact a run uses: the configured one, or the default
+    embeddings' built into (or found in) the local cache."""
+    kinds = index_types_needed(mechanisms)
+    if embeddings.artifact:
+        artifact = open_artifact(embeddings.artifact, index.cache_dir)
+        missing = [kind for kind in kinds if index_role(kind) not in artifact.paths]
+        if missing:
+            raise ConfigError(f"artifact {embeddings.artifact} has no {', '.join(missing)} index, which the "
+                              f"configured mechanisms decode with; rebuild it with `python -m dp_spark build "
+                              f"--index-types {','.join(missing)}` or use index type flat")
+        return artifact
+    source = {k: v for k, v in vars(embeddings).items() if v is not None}
+    return cached_artifact(load_embeddings(embeddings), index.neighbours, kinds, index.cache_dir, source)
+
+
+class Runtime:
+    """The artifact as mechanisms use it: embeddings, vocabulary lookup,
+    indexes, and the mechanisms built from them, each made once. On the
+    driver, what a mechanism precomputes (diffractor's lists) is added to the
+    artifact before it ships; a worker only reads it."""
+
+    def __init__(self, artifact: Artifact, on_worker: bool = False) -> None:
+        self.artifact = artifact
+        self.on_worker = on_worker
+        self.embeddings = artifact.embeddings()
+        self.vocabulary = Vocabulary(self.embeddings.words)
+        self._mechanisms: dict[str, Mechanism] = {}
+
+    def mechanism(self, name: str, epsilon: float, params: dict[str, Any]) -> Mechanism:
+        """The mechanism ``name`` at ``epsilon`` with ``params`` (ValueError on bad values)."""
+        key = json.dumps([name, epsilon, params], sort_keys=True, default=str)
+        if key not in self._mechanisms:
+            cls = mechanism_class(name)
+            extra: dict[str, Any] = {}
+            if cls.needs_neighbours:
+                extra["neighbours"] = self.artifact.neighbour_table()
+            if cls.needs_index:
+                extra["index"] = self.artifact.index(params.get("index_type", "flat"))
+            if name == "diffractor":
+                extra["word_lists"] = self._word_lists(params.get("lists", 1), params.get("list_seed", 0))
+            self._mechanisms[key] = build_mechanism(name, self.embeddings, epsilon, **params, **extra)
+        return self._mechanisms[key]
+
+
+    def _word_lists(self, count: Any, seed: Any) -> Any:
+        from dp_spark.mechanisms.diffractor import WordLists, build_word_lists
+
+        role = f"diffractor-lists-n{count}-seed{seed}"
+        if role not in self.artifact.paths:
+            if self.on_worker:
+                raise DPRuntimeError(f"artifact {self.artifact.id} reached this worker without {role}")
+            lists = build_word_lists(self.embeddings, int(count), int(seed), self.artifact.neighbour_table())
+            self.artifact = add_array(self.artifact, role, lists.orders)
+        return WordLists(self.artifact.array(role), int(seed), self.artifact.fingerprint)
+
+
+@dataclass(frozen=True)
+class ShippedFiles:
+    """Where executors find shipped files: the names ``SparkFiles.get`` knows
+    them by, per role."""
+
+    names: dict[str, str]
+
+    def local_paths(self) -> dict[str, str]:
+        from pyspark import SparkFiles
+
+        return {role: SparkFiles.get(name) for role, name in self.names.items()}
+
+
+@dataclass(frozen=True)
+class ShippedArtifact:
+    meta: dict[str, Any]
+    files: ShippedFiles
+
+    @property
+    def id(self) -> str:
+        return self.meta["id"]
+
+
+_shipped: "weakref.WeakKeyDictionary[SparkSession, set[str]]" = weakref.WeakKeyDictionary()
+
+
+def _ship_files(spark: SparkSession, paths: list[str]) -> None:
+    """Add files to the session once each (Spark refuses a second file of the same name)."""
+    done = _shipped.setdefault(spark, set())
+    new = [p for p in paths if os.path.basename(p) not in done]
+    if new:
+        spark.addArtifacts(*new, file=True)
+        done.update(os.path.basename(p) for p in new)
+
+
+def ship_artifact(spark: SparkSession, artifact: Artifact) -> ShippedArtifact:
+    """Make the artifact's files available to this session's executors."""
+    _ship_files(spark, list(artifact.paths.values()))
+    names = {role: os.path.basename(path) for role, path in artifact.paths.items()}
+    return ShippedArtifact(artifact.meta, ShippedFiles(names))
+
+
+def ship_keys(spark: SparkSession, keys: dict[str, int]) -> ShippedFiles:
+    """Ship noise keys (label -> 64-bit key) to the executors in a file of
+    their own, readable by the owner only; returns where tasks find it."""
+    directory = Path(tempfile.mkdtemp(prefix="dp-spark-keys-"))
+    path = directory / f"dp-spark-keys-{secrets.token_hex(8)}.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({label: str(key) for label, key in keys.items()}, handle)
+    _ship_files(spark, [str(path)])
+    return ShippedFiles({"keys": path.name})
+
+
+_worker_runtimes: dict[str, Runtime] = {}
+_worker_keys: dict[str, dict[str, int]] = {}
+_lock = threading.Lock()
+
+
+def worker_runtime(shipped: ShippedArtifact, threads: int) -> Runtime:
+    """The Python worker's Runtime for a shipped artifact, loaded on first
+    use (memory-mapped) and kept for the worker's life; only the latest
+    artifact is kept, so a long-lived worker does not accumulate them."""
+    with _lock:
+        runtime = _worker_runtimes.get(shipped.id)
+        if runtime is None:
+            configure_faiss(threads)
+            runtime = Runtime(Artifact(shipped.meta, shipped.files.local_paths()), on_worker=True)
+            _worker_runtimes.clear()
+            _worker_runtimes[shipped.id] = runtime
+            log.info("dp-spark artifact %s mapped in this worker", shipped.id)
+        return runtime
+
+
+def worker_keys(shipped: ShippedFiles) -> dict[str, int]:
+    """The noise keys of a run, read once per worker from their shipped file."""
+    name = shipped.names["keys"]
+    with _lock:
+        keys = _worker_keys.get(name)
+        if keys is None:
+            with open(shipped.local_paths()["keys"]) as handle:
+                keys = {label: int(value) for label, value in json.load(handle).items()}
+            _worker_keys.clear()
+            _worker_keys[name] = keys
+        return keys

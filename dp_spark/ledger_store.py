@@ -54,7 +54,9 @@ class LedgerStore:
         return entries + self._legacy_entries()
 
     def record(self, run_id: str, entries: list[LedgerEntry], status: str = PENDING) -> None:
-        if storage.exists(self._run_file(run_id)) and status == PENDING:
+        """Write a run's entries with ``status``; a new pending record may
+        replace only a rolled-back attempt of the same run id (a retry)."""
+        if status == PENDING and self.runs().get(run_id, {"status": ROLLED_BACK})["status"] != ROLLED_BACK:
             raise DPRuntimeError(f"the ledger already holds run {run_id}")
         storage.write_text(self._run_file(run_id), json.dumps({
             "run_id": run_id,

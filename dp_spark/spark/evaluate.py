@@ -146,7 +146,15 @@ def score(train: DataFrame, test: DataFrame, settings: EvaluationSettings) -> tu
 def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, output_root: str,
              dataset: str, command: str = "") -> dict[str, Any]:
     started = time.perf_counter()
-    df = read_input(spark, config.input).frame
+    source = read_input(spark, config.input)
+    df = source.frame
+    if source.malformed:
+        corrupt, file = source.malformed
+        bad = df.where(F.col(corrupt).isNotNull()).select(file).limit(1).collect()
+        if bad:
+            raise InputError(f"malformed record in {bad[0][0]} (its content is not shown: input text is private); "
+                             "fix the file or set input.options.mode to DROPMALFORMED")
+        df = df.drop(corrupt, file)
     for column in (settings.text_column, settings.label_column):
         if column not in df.columns:
             raise InputError(f"input has no column {column!r} (columns: {', '.join(df.columns)})")

@@ -30,6 +30,7 @@ CORRUPT_COLUMN = "_dp_corrupt_record"
 SOURCE_FILE_COLUMN = "_dp_source_file"
 TEXT_FORMATS = ("csv", "json")
 TRANSACTIONAL_FORMATS = ("delta", "iceberg")
+BUILT_IN_FORMATS = ("parquet", "orc", "json", "csv", "text")
 COMPRESSIONS = {
     "parquet": ("none", "uncompressed", "snappy", "gzip", "lzo", "brotli", "lz4", "lz4_raw", "zstd"),
     "orc": ("none", "uncompressed", "snappy", "zlib", "lzo", "zstd", "lz4", "brotli"),
@@ -138,7 +139,7 @@ def check_output(spark: SparkSession, config: OutputConfig, schema: T.StructType
     """Refuse, before anything is written, an output Spark could not write:
     a format whose data source is not on the classpath, an unknown
     compression, or a type the format cannot hold."""
-    if config.table is None:
+    if config.table is None and config.format not in BUILT_IN_FORMATS:
         try:
             spark.read.format(config.format).load(probe_location).schema
         except AnalysisException as error:

@@ -53,7 +53,7 @@ from dp_spark.lock import RunLock
 from dp_spark.publish import Move, append_moves, publish, recover, staging_location, table_moves, write_journal
 from dp_spark.randomness import seed_fingerprint
 from dp_spark.spark.io import TRANSACTIONAL_FORMATS, Input, check_output, read_input, typed_partitions
-from dp_spark.spark.perturber import DPTextPerturber, input_kind, perturb
+from dp_spark.spark.perturber import DPTextPerturber, check_id_column, input_kind, perturb
 from dp_spark.spark.runtime import Runtime, artifact_for, complete_params
 from dp_spark.spark.session import is_connect, phase
 from dp_spark.spark.statistics import collect_statistics
@@ -135,12 +135,20 @@ def run(
     with timer("validate configuration and locations"):
         check_references(config)
         if not explain:
-            storage.check_writable(config.output.root)
+            try:
+                storage.check_writable(config.output.root)
+            except DPRuntimeError as error:
+                raise ConfigError(f"{config.source}: output.root: {error}") from None
     lock = contextlib.nullcontext() if explain else RunLock(config.output.root, run_id, break_stale=break_stale_lock)
     with lock:
         ledger = LedgerStore(locations["ledger"])
         if not explain:
             recover(config.output.root, ledger, lambda run, status, note: _mark_manifest(config, run, status, note))
+            done = ledger.runs().get(run_id)
+            if done is not None and done["status"] == COMMITTED:
+                log.info("run %s already succeeded: nothing to do (a retry)", run_id)
+                manifest = json.loads(storage.read_text(locations["manifest"]))
+                return RunResult(run_id, "already succeeded", locations, manifest, {})
         plan = _plan(spark, config, partitions or {}, seed, allow_recompose, run_id, ledger, timer)
         if explain:
             return RunResult(run_id, "explained", locations, _explanation(config, plan, locations), plan.totals)
@@ -218,6 +226,8 @@ def _check_columns(config: Config, source: Input) -> None:
     if id_column and id_column not in columns:
         raise InputError(f"{config.source}: job.id_column {id_column!r} is not a column of the input "
                          f"(columns: {', '.join(columns)})")
+    if id_column:
+        check_id_column(source.frame.schema, id_column)
     read = {c.name for c in config.columns}
     for column in config.columns:
         name = column.output_name
@@ -371,7 +381,7 @@ def _write_table(data: DataFrame, config: Config, staging: str, table: str) -> s
         writer.mode("overwrite").option("partitionOverwriteMode", "dynamic").save(table)
         return None
     staged = storage.join(staging, "table")
-    writer.mode("errorifexists").save(staged)
+    writer.mode("error").save(staged)
     return staged
 
 

@@ -78,6 +78,16 @@ def input_kind(schema: T.StructType, column: str, kind: str = "auto") -> str:
     return actual
 
 
+def check_id_column(schema: T.StructType, id_column: str) -> None:
+    """The row-key column exists and holds scalar values."""
+    if id_column not in schema.fieldNames():
+        raise InputError(f"input has no id column {id_column!r} (columns: {', '.join(schema.fieldNames())})")
+    data_type = schema[id_column].dataType
+    if isinstance(data_type, (T.StructType, T.ArrayType, T.MapType, T.BinaryType)):
+        raise InputError(f"id column {id_column!r} has type {data_type.simpleString()}; a row key must be a "
+                         "string, number or date")
+
+
 class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
     """Perturb a string or array<string> column with a word-level metric-DP mechanism.
 
@@ -245,13 +255,8 @@ class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         column = self.getInputCol()
         kind = input_kind(dataset.schema, column, self.getOrDefault(self.inputKind))
         id_column = self.getOrDefault(self.idCol) if self.isDefined(self.idCol) else None
-        if id_column is not None and id_column not in dataset.columns:
-            raise InputError(f"input has no id column {id_column!r} (columns: {', '.join(dataset.columns)})")
-        if id_column is not None and isinstance(dataset.schema[id_column].dataType,
-                                                (T.StructType, T.ArrayType, T.MapType, T.BinaryType)):
-            raise InputError(f"id column {id_column!r} has type "
-                             f"{dataset.schema[id_column].dataType.simpleString()}; a row key must be a "
-                             "string, number or date")
+        if id_column is not None:
+            check_id_column(dataset.schema, id_column)
         mechanism = self.built_mechanism()
         guarantee = mechanism.guarantee()
         if not guarantee.holds and not self.getOrDefault(self.acceptNoGuarantee):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dp_spark.__main__ import main
+from dp_spark.cli import main
+from dp_spark.ledger_store import LedgerStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,8 +42,8 @@ def test_quickstart_config_runs_and_prints_locations(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "table").iterdir() if p.is_dir()) == [
         "ds=2026-11-20", "ds=2026-11-21", "ds=2026-11-22",
     ]
-    # A second run draws a fresh seed: refused, with a message and exit status 2.
-    assert main(["perturb", "--config", "conf/local.toml", "--output", str(tmp_path)]) == 2
+    # A second run draws a fresh seed: refused, with a message and exit status 3.
+    assert main(["perturb", "--config", "conf/local.toml", "--output", str(tmp_path)]) == 3
     assert "--allow-recompose" in capsys.readouterr().err
 
 
@@ -56,19 +57,23 @@ def test_config_errors_exit_2_without_starting_spark(tmp_path, capsys):
 
 
 def test_every_mechanism_runs_from_a_config_on_the_sample_data(tmp_path, capsys):
-    """conf/mechanisms.toml: one text column into eleven outputs, one per
-    mechanism and variant; the ledger adds up their epsilons per token."""
+    """conf/mechanisms.toml: one text column into twelve outputs, one per
+    mechanism and variant; each books the guarantee it has, and with three
+    releases that promise none, the column's total is unbounded."""
     assert main(["perturb", "--config", "conf/mechanisms.toml", "--output", str(tmp_path), "--seed", "1"]) == 0
     table = pd.read_parquet(tmp_path / "table")
     outputs = [c for c in table.columns if c.startswith("text_")]
-    assert len(outputs) == 11 and table["text"].notna().sum() == 299
+    assert len(outputs) == 12 and table["text"].notna().sum() == 299
     privacy = pd.read_parquet(tmp_path / "privacy_stats")
     assert set(privacy["mechanism"]) == {
-        "mlap", "tgumbel", "kde", "mahalanobis", "vickrey", "tem", "santext", "custext"}
+        "mlap", "tgumbel", "kde", "mahalanobis", "vickrey", "tem", "santext", "custext", "diffractor"}
     assert (privacy["tokens_perturbed"] == privacy["tokens_perturbed"].iloc[0]).all()
-    assert privacy["epsilon_total_per_token"].unique().tolist() == [278.0]
+    booked = privacy.set_index("output_column")["guarantee"].to_dict()
+    assert {k for k, v in booked.items() if v == "none"} == {"text_tgumbel", "text_tgumbel_distance", "text_kde_mh"}
+    assert booked["text_mlap_truncated"] == "approximate" and booked["text_custext"] == "within_sets"
+    assert privacy["epsilon_total_per_token"].isna().all() and (privacy["releases_without_guarantee"] == 3).all()
     for output in outputs:  # every mechanism changed something, and kept the text's shape
         changed = (table[output] != table["text"]) & table["text"].notna()
         assert changed.any(), output
-    ledger = pd.read_parquet(tmp_path / "ledger")
-    assert sorted(ledger["output_column"]) == sorted(outputs)
+    ledger = LedgerStore(str(tmp_path / "ledger")).entries()
+    assert sorted(e.output_column for e in ledger) == sorted(outputs)

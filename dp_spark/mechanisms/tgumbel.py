@@ -262,3 +262,87 @@ class TruncatedGumbel(Mechanism):
             "truncation": "knn" if self.max_distance is None else "distance",
             "max_distance": self.max_distance,
         }
+
+
+def exact_log_distribution(mechanism: TruncatedGumbel, word: int, grid_points: int = 2001) -> np.ndarray:
+    """ln P[M(word) = y] for every word y (-inf where y is impossible), by
+    quadrature: the exact law for the auditor and the distribution tests.
+
+    Candidate c_j (c_0 = word, then its neighbours nearest first) wins among
+    the first k + 1 with probability
+        integral of f(g) prod_{i <= k, i != j} S(d_j + g - d_i) dg,
+    f and S the truncated Gumbel density and survival function, integrated by
+    the trapezoid rule over the winner's noise g in [-Delta_max, Delta_max].
+    k follows the sampler's own Poisson table (``k_cdf``), which ends where
+    the tail falls below double precision: ranks beyond it are impossible
+    here as they are for the sampler (with ``max_distance``, k is the number
+    of words within it). The log survival sums grow with k, one candidate at
+    a time, so every k up to the table's end costs O(k_max^2 grid_points)
+    in all. Probabilities are kept as logarithms because the ones the
+    auditor compares can fall far below double precision's smallest number.
+    This is the law of continuous noise: the sampler's float32 uniforms
+    resolve the noise's lower tail only to probability ~1e-7
+    (``truncated_gumbel``)."""
+    size = mechanism.embeddings.size
+    if mechanism.max_distance is None:
+        k_law = np.diff(mechanism.k_cdf, prepend=0.0)
+    else:
+        # Distance truncation draws nothing (no random source needed): k is
+        # the sampler's own count of the words within R.
+        within = int(mechanism._candidate_counts(np.array([word]), None)[0])
+        k_law = np.zeros(within + 1)
+        k_law[within] = 1.0
+    last = int(np.flatnonzero(k_law > 0)[-1])
+    table = mechanism.neighbours
+    if last <= table.k:
+        others, distances = table.ids[word, :last], table.distances[word, :last].astype(np.float64)
+    else:  # as the sampler's exact-search fallback does
+        squared = mechanism.embeddings.squared_distances(np.array([word]))[0]
+        squared[word] = np.inf
+        others = np.argsort(squared, kind="stable")[:last]
+        distances = np.sqrt(squared[others])
+    candidates = np.concatenate([[word], others]).astype(np.int64)
+    distances = np.concatenate([[0.0], distances])
+
+    scale, bound = mechanism.scale, mechanism.diameter
+    noise = np.linspace(-bound, bound, grid_points)
+    trapezoid = np.full(grid_points, noise[1] - noise[0])
+    trapezoid[[0, -1]] /= 2
+    log_mass = _log_gumbel_mass_between(-bound, bound, scale)
+    log_winner = np.log(trapezoid) - noise / scale - np.exp(-noise / scale) - math.log(scale) - log_mass
+
+    def log_survival(x: np.ndarray) -> np.ndarray:
+        inside = np.clip(x, -bound, bound)
+        with np.errstate(divide="ignore"):
+            value = _log_gumbel_mass_between(inside, bound, scale) - log_mass
+        return np.where(x < -bound, 0.0, np.where(x >= bound, -np.inf, value))
+
+    # losing[j] = sum over the candidates i != j so far of ln P[d_i + g_i > d_j + g].
+    losing = np.zeros((last + 1, grid_points))
+    log_law = np.full(size, -np.inf)
+    for k in range(last + 1):
+        if k:
+            losing[:k] += log_survival(distances[:k, None] + noise[None, :] - distances[k])
+            losing[k] = log_survival(distances[k] + noise[None, :] - distances[:k, None]).sum(axis=0)
+        if k_law[k] == 0:
+            continue
+        log_wins = _log_sum_exp(losing[: k + 1] + log_winner[None, :], axis=1)
+        log_wins -= _log_sum_exp(log_wins, axis=0)  # the quadrature's error, spread evenly
+        log_law[candidates[: k + 1]] = np.logaddexp(log_law[candidates[: k + 1]], math.log(k_law[k]) + log_wins)
+    return log_law
+
+
+def _log_gumbel_mass_between(low: np.ndarray | float, high: float, scale: float) -> np.ndarray:
+    """ln P[low < G <= high] for G ~ Gumbel(0, scale), written so that it
+    neither overflows nor cancels: with e = exp(-x / scale), the CDF is
+    exp(-e), and exp(-e_high) - exp(-e_low) = exp(-e_high) (1 - exp(-(e_low - e_high)))."""
+    e_low = np.exp(-np.asarray(low, dtype=np.float64) / scale)
+    e_high = math.exp(-high / scale)
+    return -e_high + np.log(-np.expm1(-(e_low - e_high)))
+
+
+def _log_sum_exp(values: np.ndarray, axis: int) -> np.ndarray:
+    top = values.max(axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(top, axis=axis) + np.log(np.exp(values - top).sum(axis=axis))

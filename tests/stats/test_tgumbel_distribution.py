@@ -3,7 +3,10 @@
 The reference is computed independently of the sampler: candidates by a full
 argsort of distances, k from the Poisson pmf, and P[candidate j wins] by
 quadrature of f_j(g) prod_{i != j} P[d_i + g_i > d_j + g] over the truncated
-Gumbel noise g of the winner.
+Gumbel noise g of the winner. The library's ``exact_log_distribution`` (the
+auditor's law: log space, k from the sampler's own Poisson table, survival
+sums grown one candidate at a time) is checked against this reference and
+against the sampler.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ import pytest
 from dp_spark.embeddings import Embeddings
 from dp_spark.index import NeighbourTable, build_neighbour_table
 from dp_spark.mechanisms import build_mechanism
-from dp_spark.mechanisms.tgumbel import epsilon_of_scale, gumbel_scale, minimum_epsilon
+from dp_spark.mechanisms.tgumbel import (
+    epsilon_of_scale,
+    exact_log_distribution,
+    gumbel_scale,
+    minimum_epsilon,
+)
 from dp_spark.randomness import KeyedRandom
 from tests.stats.distributions import P_VALUE_THRESHOLD, chi_square_gof
 
@@ -125,9 +133,14 @@ def test_clustered_vocabulary_matches_quadrature(small_embeddings, table, neighb
         table = NeighbourTable(
             table.ids[:, :6], table.distances[:, :6], table.diameter, table.fingerprint
         )
+    mechanism = build_mechanism("tgumbel", small_embeddings, neighbours=table,
+                                epsilon=4 * minimum_epsilon(small_embeddings.size, table.min_distance))
     for word in dense_median_and_sparse_words(table):
         samples, exact = draws_and_reference(small_embeddings, table, 4, word, keyed=keyed)
         assert chi_square_gof(samples, exact) > P_VALUE_THRESHOLD, f"word {word}"
+        library = np.exp(exact_log_distribution(mechanism, word))
+        assert chi_square_gof(samples, library) > P_VALUE_THRESHOLD, f"word {word}"
+        np.testing.assert_allclose(library, exact, atol=1e-6)
 
 
 def test_grid_vocabulary_matches_quadrature(grid_embeddings):
@@ -202,3 +215,40 @@ def test_distance_truncation_matches_quadrature(grid_embeddings, radius):
         poisson = exact_distribution(grid_embeddings.vectors, word, mechanism.scale, table.diameter,
                                      mechanism.poisson_rate)
         assert chi_square_gof(samples, poisson) < P_VALUE_THRESHOLD  # negative control: kNN law
+
+
+@pytest.mark.parametrize("radius", [None, 0.6, 1.5])
+def test_library_law_matches_reference_on_the_grid(grid_embeddings, radius):
+    """The library's quadrature against the independent reference, for kNN
+    truncation (a short table, so that large k take the full-scan path) and
+    for distance truncation; and it is the law the sampler draws from."""
+    table = build_neighbour_table(grid_embeddings, k=3)
+    epsilon = 100 * minimum_epsilon(grid_embeddings.size, table.min_distance)
+    max_distance = None if radius is None else radius * table.diameter / 4
+    mechanism = build_mechanism("tgumbel", grid_embeddings, epsilon=epsilon, neighbours=table,
+                                max_distance=max_distance)
+    for word in (0, 5, 11):
+        library = np.exp(exact_log_distribution(mechanism, word))
+        reference = exact_distribution(grid_embeddings.vectors, word, mechanism.scale, table.diameter,
+                                       mechanism.poisson_rate, radius=max_distance)
+        np.testing.assert_allclose(library, reference, atol=1e-6)
+        assert library.sum() == pytest.approx(1.0, abs=1e-12)
+    samples = mechanism.perturb(np.full(GRID_DRAWS, 5), np.random.default_rng(2))
+    assert chi_square_gof(samples, np.exp(exact_log_distribution(mechanism, 5))) > P_VALUE_THRESHOLD
+
+
+def test_library_law_has_no_mass_beyond_the_poisson_table(small_embeddings, table):
+    """Ranks past the end of the sampler's Poisson table are impossible (-inf,
+    not an underflowed 0 or a guess), every earlier rank is possible, and
+    the probabilities below double precision's range survive as logarithms."""
+    mechanism = build_mechanism("tgumbel", small_embeddings, neighbours=table, poisson_rate=1.0,
+                                epsilon=4 * minimum_epsilon(small_embeddings.size, table.min_distance))
+    last_k = int(np.flatnonzero(np.diff(mechanism.k_cdf, prepend=0.0) > 0)[-1])
+    word = 57
+    log_law = exact_log_distribution(mechanism, word)
+    ranked = np.concatenate([[word], table.ids[word]])
+    assert np.isfinite(log_law[ranked[: last_k + 1]]).all()
+    assert np.isneginf(log_law[ranked[last_k + 1 :]]).all()
+    assert log_law[ranked[last_k]] < math.log(1e-15)
+    samples = mechanism.perturb(np.full(DRAWS, word), np.random.default_rng(4))
+    assert np.isin(samples, ranked[: last_k + 1]).all()

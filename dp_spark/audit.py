@@ -8,12 +8,15 @@ and an epsilon-d guarantee promises loss <= epsilon for every pair. Two ways
 to measure it:
 
 - ``exact``: where the output law is known exactly (tem, santext and
-  SanText+, kde with the exact sampler, custext, tgumbel by quadrature), the
-  worst case over outputs, max_y |ln P[y | x] - ln P[y | x']| / d (for a
-  discrete output the worst set is a single output). Probabilities are kept
-  as logarithms, so an output impossible from one side gives an infinite
-  loss, never an underflow. For a ``within_sets`` guarantee (conservative
-  CusText) only pairs with the same output set count, with d = 1.
+  SanText+, kde with the exact sampler, custext, diffractor, tgumbel by
+  quadrature), the worst case over outputs,
+  max_y |ln P[y | x] - ln P[y | x']| / d (for a discrete output the worst
+  set is a single output). Probabilities are kept as logarithms, so an
+  output impossible from one side gives an infinite loss, never an
+  underflow. For a ``within_sets`` guarantee (conservative CusText) only
+  pairs with the same output set count, with d = 1; a mechanism whose
+  guarantee is in a metric of its own (diffractor's list positions) gives
+  that metric by ``metric_distances``, and its nearest words in it pair up.
 - ``sampled``: otherwise (mlap, mahalanobis, vickrey, kde with
   Metropolis-Hastings), a statistical lower bound in the manner of StatDP
   (Ding et al., CCS 2018) and DP-Sniper (Bichsel et al., S&P 2021): per
@@ -60,6 +63,7 @@ from dp_spark.guarantees import EUCLIDEAN, WITHIN_SETS, Guarantee
 from dp_spark.index import build_index, nearest_other_words
 from dp_spark.mechanisms import Mechanism, build_mechanism
 from dp_spark.mechanisms.custext import CusText
+from dp_spark.mechanisms.diffractor import Diffractor
 from dp_spark.mechanisms.exponential import ExponentialMechanism
 from dp_spark.mechanisms.kde import KernelDensity
 from dp_spark.mechanisms.mahalanobis import mahalanobis_metric, regularized_covariance_root
@@ -196,7 +200,8 @@ def audit_method(mechanism: Mechanism) -> str:
     else "sampled"."""
     if isinstance(mechanism, KernelDensity):
         return "exact" if mechanism.sampler == "exact" else "sampled"
-    return "exact" if isinstance(mechanism, (ExponentialMechanism, CusText, TruncatedGumbel)) else "sampled"
+    exact = (ExponentialMechanism, CusText, Diffractor, TruncatedGumbel)
+    return "exact" if isinstance(mechanism, exact) else "sampled"
 
 
 def nearest_pairs(mechanism: Mechanism, words: np.ndarray, per_word: int) -> np.ndarray:
@@ -212,6 +217,12 @@ def nearest_pairs(mechanism: Mechanism, words: np.ndarray, per_word: int) -> np.
             nearest = members[np.argsort(_distances_from(mechanism.embeddings, word, members), kind="stable")]
             pairs += [(word, partner) for partner in nearest[:per_word]]
         return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    own_metric = getattr(mechanism, "metric_distances", None)
+    if own_metric is not None:
+        # Nearest in the metric the guarantee is stated in: those pairs bind.
+        rows = (np.argsort(own_metric(int(word)), kind="stable") for word in words)
+        neighbours = np.array([row[row != word][:per_word] for row, word in zip(rows, words)])
+        return np.column_stack([np.repeat(words, per_word), neighbours.ravel()]).astype(np.int64)
     table = getattr(mechanism, "neighbours", None)
     if table is not None and table.k >= per_word:
         neighbours = table.ids[words, :per_word]
@@ -318,6 +329,9 @@ def pair_distances(mechanism: Mechanism, guarantee: Guarantee, pairs: np.ndarray
     (Euclidean when it states none); 1 within an output set."""
     if guarantee.metric == WITHIN_SETS:
         return np.ones(len(pairs))
+    own_metric = getattr(mechanism, "metric_distances", None)
+    if own_metric is not None and guarantee.metric == getattr(mechanism, "metric", None):
+        return np.array([own_metric(int(word))[partner] for word, partner in pairs], dtype=np.float64)
     vectors = mechanism.embeddings.vectors
     offsets = vectors[pairs[:, 0]].astype(np.float64) - vectors[pairs[:, 1]].astype(np.float64)
     if guarantee.metric in (None, EUCLIDEAN):
@@ -346,6 +360,8 @@ def exact_log_laws(mechanism: Mechanism, words: np.ndarray) -> np.ndarray:
     if isinstance(mechanism, CusText):
         with np.errstate(divide="ignore"):
             return np.log(np.stack([mechanism.distribution(int(w)) for w in words]))
+    if isinstance(mechanism, Diffractor):
+        return np.stack([_diffractor_log_law(mechanism, int(w)) for w in words])
     if not isinstance(mechanism, ExponentialMechanism):
         raise ValueError(f"no exact law is known for mechanism {mechanism.name!r}")
     size = mechanism.embeddings.size
@@ -364,6 +380,31 @@ def exact_log_laws(mechanism: Mechanism, words: np.ndarray) -> np.ndarray:
         keep = math.log(1 - mechanism.p) if mechanism.p < 1 else -np.inf
         log_laws[kept, words[kept]] = np.logaddexp(log_laws[kept, words[kept]], keep)
     return log_laws
+
+
+def _diffractor_log_law(mechanism: Diffractor, word: int) -> np.ndarray:
+    """ln of ``Diffractor.distribution(word)``, computed in log space: the
+    geometric law's e^(-epsilon |j' - j|) underflows a few hundred positions
+    out, where one side of a pair could round to 0 and the other not."""
+    size = mechanism.embeddings.size
+    epsilon = mechanism.epsilon
+    lists = mechanism.word_lists
+    per_list = np.empty((lists.count, size))
+    for i, (order, positions) in enumerate(zip(lists.orders, lists.positions)):
+        position = int(positions[word])
+        offsets = np.abs(np.arange(size) - position)
+        if mechanism.method == "tem":
+            scores = -epsilon / 2 * np.minimum(offsets, mechanism.gamma)
+            law = scores - _log_sum_exp(scores[None, :])[0]
+        elif size == 1:
+            law = np.zeros(1)
+        else:  # the two-sided geometric law, its tails gathered at the ends
+            log_norm = math.log1p(math.exp(-epsilon))
+            law = math.log(-math.expm1(-epsilon)) - log_norm - epsilon * offsets
+            law[0] = -epsilon * position - log_norm
+            law[-1] = -epsilon * (size - 1 - position) - log_norm
+        per_list[i, order] = law
+    return _log_sum_exp(per_list.T) - math.log(lists.count)
 
 
 def _exact_pairs(mechanism: Mechanism, guarantee: Guarantee, pairs: np.ndarray, distances: np.ndarray) -> pd.DataFrame:

@@ -50,6 +50,7 @@ def tgumbel_epsilon(embeddings):
 CASES = [
     ("tem", 3.0, {}), ("santext", 3.0, {}), ("kde", 3.0, {}), ("custext", 3.0, {}),
     ("mlap", 3.0, {}), ("mlap", 3.0, {"max_distance": 2.0}), ("mahalanobis", 3.0, {}), ("vickrey", 3.0, {}),
+    ("diffractor", 1.0, {}), ("diffractor", 1.0, {"method": "tem", "lists": 3}),
     # Guarantee none: audited and reported, never refuted.
     ("santext", 3.0, {"sensitive_fraction": 0.5}), ("custext", 3.0, {"strategy": "aggressive"}),
     ("kde", 3.0, {"sampler": "mh"}), ("tgumbel", None, {}),
@@ -119,6 +120,22 @@ def test_exact_loss_is_the_brute_force_one(embeddings):
         assert row.loss == pytest.approx(np.abs(np.log(p) - np.log(q)).max() / distance, rel=1e-9)
     assert result.loss == result.table["loss"].max()
     assert result.worst_pair == tuple(result.table.loc[result.table["loss"].idxmax(), ["word", "partner"]])
+
+
+def test_diffractor_law_in_log_space(embeddings):
+    """The log-space law is the mechanism's own distribution, and stays finite
+    where that one underflows (a geometric tail e^(-epsilon |j' - j|) far out)."""
+    for params in ({"epsilon": 1.0, "lists": 2}, {"epsilon": 1.0, "method": "tem"}, {"epsilon": 20.0}):
+        mechanism = build_mechanism("diffractor", embeddings, **params)
+        log_laws = exact_log_laws(mechanism, np.arange(embeddings.size))
+        laws = np.stack([mechanism.distribution(w) for w in range(embeddings.size)])
+        assert np.isfinite(log_laws).all()
+        represented = laws > 1e-300
+        np.testing.assert_allclose(np.exp(log_laws[represented]), laws[represented], rtol=1e-9)
+    assert not represented.all()  # at epsilon 20 the far tail underflowed
+    # One geometric list reaches its bound exactly (at the list's ends), within rounding.
+    result = audit(mechanism, SETTINGS)
+    assert not result.refuted and result.loss == pytest.approx(20.0, rel=1e-9)
 
 
 def test_tgumbel_loss_is_infinite_where_an_output_is_impossible(embeddings):

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[plot]'
+.venv/bin/python -m pip install --quiet -e '.[spark,plot]'
 if [ $# -eq 0 ]; then
   set -- perturb --config conf/local.toml --output "output/sample_reviews-$(date -u +%Y%m%dT%H%M%SZ)"
 fi

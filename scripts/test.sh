@@ -7,4 +7,10 @@ cd "$(dirname "$0")/.."
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+# Everything on classic Spark, then the end-to-end tests again under Spark
+# Connect (a process holds one kind of session only).
+.venv/bin/python -m pytest
+exec .venv/bin/python -m pytest tests/spark -m e2e --spark-mode connect

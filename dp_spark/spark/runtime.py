@@ -132,6 +132,11 @@ class ShippedArtifact:
     def id(self) -> str:
         return self.meta["id"]
 
+    @property
+    def version(self) -> str:
+        """The artifact and the files it holds (the driver may add some between runs)."""
+        return self.id + ":" + ",".join(sorted(self.files.names))
+
 
 _shipped: "weakref.WeakKeyDictionary[SparkSession, set[str]]" = weakref.WeakKeyDictionary()
 
@@ -174,12 +179,12 @@ def worker_runtime(shipped: ShippedArtifact, threads: int) -> Runtime:
     use (memory-mapped) and kept for the worker's life; only the latest
     artifact is kept, so a long-lived worker does not accumulate them."""
     with _lock:
-        runtime = _worker_runtimes.get(shipped.id)
+        runtime = _worker_runtimes.get(shipped.version)
         if runtime is None:
             configure_faiss(threads)
             runtime = Runtime(Artifact(shipped.meta, shipped.files.local_paths()), on_worker=True)
             _worker_runtimes.clear()
-            _worker_runtimes[shipped.id] = runtime
+            _worker_runtimes[shipped.version] = runtime
             log.info("dp-spark artifact %s mapped in this worker", shipped.id)
         return runtime
 

@@ -101,19 +101,23 @@ def session(
 
 @contextlib.contextmanager
 def phase(spark: SparkSession, run: str, name: str) -> Iterator[None]:
-    """Name the Spark jobs of one phase of a run: a job tag in both modes
-    (``dp-spark:<run>:<phase>``, usable with ``spark.interruptTag``) and the
-    job description where there is a SparkContext; logs the phase."""
-    tag = f"dp-spark:{run}:{name}".replace(",", ";")
+    """Name the Spark jobs of one phase of a run and log it: under Connect a
+    job tag (``dp-spark:<run>:<phase>``, usable with ``spark.interruptTag``),
+    under classic Spark the job description shown in the Spark UI. (Classic
+    tags are avoided: once a classic session has one, MLlib models that keep
+    the session, such as a logistic regression's training summary, can no
+    longer be serialised into tasks.)"""
     log.info("%s: %s", run, name)
-    spark.addTag(tag)
-    described = False
-    if not is_connect(spark):
+    connect = is_connect(spark)
+    tag = f"dp-spark:{run}:{name}".replace(",", ";")
+    if connect:
+        spark.addTag(tag)
+    else:
         spark.sparkContext.setJobDescription(f"dp-spark {run}: {name}")
-        described = True
     try:
         yield
     finally:
-        spark.removeTag(tag)
-        if described:
+        if connect:
+            spark.removeTag(tag)
+        else:
             spark.sparkContext.setJobDescription(None)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dp_spark.__main__ import main
+from dp_spark.cli import main
 from dp_spark.config import EmbeddingsConfig
 from dp_spark.mechanisms import build_mechanism
-from dp_spark.spark.resources import load_embeddings
+from dp_spark.embeddings import load_embeddings
 from dp_spark.stats import plausible_deniability
 
 
@@ -43,7 +43,7 @@ def test_calibrate_writes_tables_plot_and_report(spark, tmp_path, embeddings_fil
     mlap = summary[(summary["mechanism"] == "mlap") & (summary["band"] == "all")].sort_values("epsilon")
     assert np.all(np.diff(mlap["nw_p50"]) >= 0) and np.all(np.diff(mlap["nw_mean"]) > 0)
     assert set(summary["band"]) == {"all", "frequent", "mid"}  # 5,000 words: no rare band
-    assert (out / "calibration_words.csv").is_dir() and (out / "calibration_summary.csv").is_dir()
+    assert (out / "calibration_words.csv").is_file() and (out / "calibration_summary.csv").is_file()
     png = (out / "calibration.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     text = (out / "calibration.md").read_text()
@@ -66,7 +66,7 @@ def test_spark_and_pure_paths_agree(spark, tmp_path, embeddings_files):
 
 
 def test_perturb_job_reads_deniability_from_a_calibration_table(spark, tmp_path, embeddings_files, make_config):
-    from dp_spark.spark.job import run
+    from dp_spark.spark.perturb import Seed, run
 
     config_path = write_config(tmp_path, embeddings_files)
     out = tmp_path / "calibration"
@@ -75,7 +75,7 @@ def test_perturb_job_reads_deniability_from_a_calibration_table(spark, tmp_path,
     spark.createDataFrame([(1, "the movie was good")], "id long, text string").write.parquet(str(tmp_path / "in"))
     config = make_config(tmp_path / "in", [{"name": "text", "mechanism": "mlap", "epsilon": 8.0}],
                          job={"calibration_table": str(out / "calibration_summary")})
-    result = run(spark, config, seed=b"s")
+    result = run(spark, config, seed=Seed(b"s", "given"))
     row = pd.read_parquet(result.locations["privacy_stats"]).iloc[0]
     summary = pd.read_parquet(out / "calibration_summary").query("band == 'all'").iloc[0]
     assert row["deniability_source"].startswith("calibration table")
@@ -84,7 +84,7 @@ def test_perturb_job_reads_deniability_from_a_calibration_table(spark, tmp_path,
 
 def test_calibrate_runs_every_mechanism(spark, tmp_path, embeddings_files):
     config = write_config(tmp_path, embeddings_files)
-    names = "mlap,tgumbel,kde,mahalanobis,vickrey,tem,santext,custext"
+    names = "mlap,tgumbel,kde,mahalanobis,vickrey,tem,santext,custext,diffractor"
     for extra, out in ((["--param", "kde.sampler=mh"], "plain"),
                        (["--param", "tgumbel.max_distance=3.0", "--param", "mlap.max_distance=6.0"], "truncated")):
         assert main(["calibrate", "--mechanisms", names, "--epsilons", "4,2000", "--sample", "30",

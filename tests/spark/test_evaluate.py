@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dp_spark.__main__ import main
+from dp_spark.cli import main
 from dp_spark.evaluation import accuracy
 from dp_spark.spark.evaluate import labeled_splits, load_evaluation_config, pipeline
 
-POSITIVE = "good great excellent love wonderful best happy nice".split()
-NEGATIVE = "bad terrible awful hate worst poor sad boring".split()
+POSITIVE = "good great excellent love best happy nice better".split()
+NEGATIVE = "bad worst poor wrong hard lost dead fear".split()
 FILLER = "the movie was and it is a of film story".split()
 
 

@@ -34,7 +34,7 @@ from mechanisms import (  # noqa: E402
 
 from dp_spark.config import EmbeddingsConfig, IndexConfig  # noqa: E402
 from dp_spark.index import configure_faiss  # noqa: E402
-from dp_spark.spark.resources import Resources, Runtime, load_embeddings  # noqa: E402
+from dp_spark.resources import Runtime, artifact_for  # noqa: E402
 
 
 def distance_row(vectors: np.ndarray, word: int) -> np.ndarray:
@@ -162,8 +162,8 @@ def main() -> None:
     args = parser.parse_args()
 
     configure_faiss(threads=1)
-    embeddings = load_embeddings(EmbeddingsConfig())
-    runtime = Runtime(Resources.build(embeddings, IndexConfig(), {"flat"}, True))
+    runtime = Runtime(artifact_for(EmbeddingsConfig(), IndexConfig(), []))
+    embeddings = runtime.embeddings
     stream = zipf_stream(args.tokens, embeddings.size, 1.0, seed=1)
     print(f"Date: {date.today()}; {os.cpu_count()} cores, 1 thread; vocabulary {embeddings.size:,} words "
           f"(GloVe 6B 50d, words only); Zipf stream; {args.tokens:,} tokens ({args.search_tokens:,} for "

@@ -29,10 +29,10 @@ from dp_spark.calibration import Refusal, bracket, describe_crossing, plot, repo
 from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config
 from dp_spark.errors import ConfigError
 from dp_spark.mechanisms import MECHANISMS
+from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.results import write_plot, write_result_table
-from dp_spark.spark.runtime import Runtime, ShippedArtifact, artifact_for, complete_params, ship_artifact, \
-    worker_runtime
 from dp_spark.spark.session import phase
+from dp_spark.spark.shipping import ShippedArtifact, ship_artifact, worker_runtime
 from dp_spark.stats import bisect_epsilon, frequency_band, plausible_deniability, stratified_sample
 
 log = logging.getLogger("dp_spark.calibrate")

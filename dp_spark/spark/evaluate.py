@@ -51,10 +51,10 @@ from dp_spark.config import parse_config, read_toml
 from dp_spark.errors import ConfigError, InputError
 from dp_spark.evaluation import accuracy, compare_at_equal_survival, macro_f1, plot, report, summarise, verdict
 from dp_spark.mechanisms import MECHANISMS
+from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.results import write_plot, write_result_table
 from dp_spark.spark.io import read_input
 from dp_spark.spark.perturber import DPTextPerturber, perturb
-from dp_spark.spark.runtime import Runtime, artifact_for, complete_params
 from dp_spark.spark.session import phase
 from dp_spark.stats import plausible_deniability, stratified_sample
 

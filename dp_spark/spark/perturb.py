@@ -46,15 +46,24 @@ from dp_spark import storage
 from dp_spark.config import ColumnConfig, Config
 from dp_spark.deniability import deniability_summary
 from dp_spark.errors import ConfigError, DPRuntimeError, DPSparkError, InputError, PrivacyRefusal
-from dp_spark.ledger import COMMITTED, ROLLED_BACK, ColumnTotal, LedgerEntry, Release, canonical_partition, \
-    partition_label, plan_run, row_key_label
+from dp_spark.ledger import (
+    COMMITTED,
+    ROLLED_BACK,
+    ColumnTotal,
+    LedgerEntry,
+    Release,
+    canonical_partition,
+    partition_label,
+    plan_run,
+    row_key_label,
+)
 from dp_spark.ledger_store import LedgerStore
 from dp_spark.lock import RunLock
 from dp_spark.publish import Move, append_moves, publish, recover, staging_location, table_moves, write_journal
 from dp_spark.randomness import seed_fingerprint
+from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.spark.io import TRANSACTIONAL_FORMATS, Input, check_output, read_input, typed_partitions
 from dp_spark.spark.perturber import DPTextPerturber, check_id_column, input_kind, perturb
-from dp_spark.spark.runtime import Runtime, artifact_for, complete_params
 from dp_spark.spark.session import is_connect, phase
 from dp_spark.spark.statistics import collect_statistics
 from dp_spark.spark.tables import STATISTICS_TABLES, ColumnReport, privacy_stats, substitution_tables, write_frame

@@ -37,12 +37,10 @@ from dp_spark.guarantees import Guarantee
 from dp_spark.ledger import row_key_label
 from dp_spark.mechanisms import Mechanism
 from dp_spark.randomness import GeneratorRandom, KeyedRandom, mix64, release_key, token_keys
-from dp_spark.spark.runtime import (
-    Runtime,
+from dp_spark.resources import Runtime, artifact_for, complete_params
+from dp_spark.spark.shipping import (
     ShippedArtifact,
     ShippedFiles,
-    artifact_for,
-    complete_params,
     ship_artifact,
     ship_keys,
     worker_keys,
@@ -147,7 +145,8 @@ class DPTextPerturber(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         super().__init__()
         self._setDefault(
             mechanism="mlap", epsilon=10.0, mechanismParams="{}", inputKind="auto", oov="replace",
-            placeholder="<unk>", entities="replace", embeddings="{}", neighbours=64, indexType="flat", acceptNoGuarantee=False,
+            placeholder="<unk>", entities="replace", embeddings="{}", neighbours=64, indexType="flat",
+            acceptNoGuarantee=False,
         )
         self._set(**self._input_kwargs)
         self._seed = secrets.token_bytes(16)

@@ -10,8 +10,8 @@ import pandas as pd
 
 from dp_spark.cli import main
 from dp_spark.config import EmbeddingsConfig
-from dp_spark.mechanisms import build_mechanism
 from dp_spark.embeddings import load_embeddings
+from dp_spark.mechanisms import build_mechanism
 from dp_spark.stats import plausible_deniability
 
 

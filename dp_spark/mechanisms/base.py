@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Sequence
 
@@ -11,6 +13,8 @@ import numpy as np
 from dp_spark.embeddings import Embeddings
 from dp_spark.guarantees import Guarantee
 from dp_spark.randomness import TokenRandom, as_token_random
+
+log = logging.getLogger(__name__)
 
 OOV_POLICIES = ("keep", "drop", "replace")
 DEFAULT_PLACEHOLDER = "<unk>"
@@ -46,12 +50,29 @@ class Mechanism(ABC):
                 f"ids must be < vocabulary size {self.embeddings.size}, got {int(ids.max())}"
             )
         source = as_token_random(rng, len(ids))
+        if len(ids) > self.MAX_TOKENS_PER_CALL:
+            return self._perturb_in_chunks(ids, source)
         in_vocabulary = ids >= 0
         if in_vocabulary.all():
             return self._perturb_in_vocabulary(ids, source)
         out = ids.copy()
         rows = np.flatnonzero(in_vocabulary)
         out[rows] = self._perturb_in_vocabulary(ids[rows], source.restrict(rows))
+        return out
+
+    # A batch can hold very long rows (a 1.25M-token document): its tokens are
+    # perturbed this many at a time, so temporaries stay bounded, with progress
+    # logged (in the Spark executor's log) as it goes.
+    MAX_TOKENS_PER_CALL = 1 << 18
+
+    def _perturb_in_chunks(self, ids: np.ndarray, source: TokenRandom) -> np.ndarray:
+        out = np.empty_like(ids)
+        started = time.perf_counter()
+        for start in range(0, len(ids), self.MAX_TOKENS_PER_CALL):
+            rows = np.arange(start, min(start + self.MAX_TOKENS_PER_CALL, len(ids)))
+            out[rows] = self.perturb(ids[rows], source.restrict(rows))
+            log.info("%s: %d of %d tokens of this batch perturbed (%.0f s)", self.name, rows[-1] + 1, len(ids),
+                     time.perf_counter() - started)
         return out
 
     @abstractmethod

@@ -27,6 +27,9 @@ REQUIRED_CONF = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
 }
 DEFAULT_BATCH_RECORDS = 10_000
+# Arrow batches sent to Python workers are also capped in bytes, so that a
+# batch of very long rows (whole documents) stays bounded in memory.
+MAX_BATCH_BYTES = 32 << 20
 
 
 def is_connect(spark: SparkSession) -> bool:
@@ -81,6 +84,7 @@ def configure(spark: SparkSession, max_records_per_batch: int = DEFAULT_BATCH_RE
     for key, value in REQUIRED_CONF.items():
         spark.conf.set(key, value)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max_records_per_batch))
+    spark.conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(MAX_BATCH_BYTES))
 
 
 @contextlib.contextmanager

@@ -301,3 +301,29 @@ def test_explain_validates_and_writes_nothing(spark, make_config, input_path):
 def test_vocabulary_size_fixture_is_small(embeddings_files):
     vectors, _ = embeddings_files
     assert Embeddings.from_npy(vectors, embeddings_files[1]).size == VOCAB_SIZE
+
+
+def test_noise_keys_never_travel_inside_the_serialized_pass(spark, make_config, input_path, monkeypatch):
+    """Regression: with py4j logging at DEBUG the pickled UDF is logged in
+    base64, and a seed-derived column key sat inside it. Keys now reach the
+    executors in a shipped file; the closure holds only their labels."""
+    from pyspark import cloudpickle
+
+    from dp_spark.spark import perturber as module
+
+    keys, functions = [], []
+    derive = module.release_key
+    monkeypatch.setattr(module, "release_key", lambda *args: keys.append(derive(*args)) or keys[-1])
+    frame_class = type(spark.range(1))
+    map_in_arrow = frame_class.mapInArrow
+    monkeypatch.setattr(frame_class, "mapInArrow",
+                        lambda self, function, schema, *rest: functions.append(function)
+                        or map_in_arrow(self, function, schema, *rest))
+    run(spark, make_config(input_path, COLUMNS, job={"id_column": "id"}), seed=SEED)
+    (function,) = functions
+    pickled = cloudpickle.dumps(function)
+    assert len(keys) == 2
+    for key in keys:
+        for form in (key.to_bytes(8, "little"), key.to_bytes(8, "big"), key.to_bytes(9, "little", signed=True),
+                     str(key).encode(), f"{key:x}".encode()):
+            assert form not in pickled

@@ -189,3 +189,16 @@ def test_each_mechanism_books_the_guarantee_it_provides(mechanism, request):
         assert guarantee.epsilon == mechanism.epsilon
     assert (guarantee.delta > 0) == (kind == "approximate")
     assert mechanism.describe()["guarantee"] == kind
+
+
+def test_a_huge_batch_is_perturbed_in_bounded_chunks_with_the_same_keyed_noise(small_embeddings, table, caplog):
+    """A very long row reaches the mechanism as one batch: it is cut into
+    chunks (progress logged), and keyed noise does not depend on the cut."""
+    mechanism = build_mechanism("tem", small_embeddings, 2.0, neighbours=table)
+    ids = np.arange(5000) % small_embeddings.size
+    keys = np.arange(5000, dtype=np.uint64) * np.uint64(7919)
+    whole = mechanism.perturb(ids, KeyedRandom(keys))
+    mechanism.MAX_TOKENS_PER_CALL = 1024
+    caplog.set_level("INFO")
+    np.testing.assert_array_equal(mechanism.perturb(ids, KeyedRandom(keys)), whole)
+    assert "tem: 5000 of 5000 tokens of this batch perturbed" in caplog.text

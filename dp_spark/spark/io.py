@@ -142,10 +142,12 @@ def check_output(spark: SparkSession, config: OutputConfig, schema: T.StructType
     if config.table is None and config.format not in BUILT_IN_FORMATS:
         try:
             spark.read.format(config.format).load(probe_location).schema
-        except AnalysisException as error:
+        except Exception as error:  # a missing source is a class-not-found error, not an AnalysisException
             if "DATA_SOURCE_NOT_FOUND" in str(error) or "Failed to find the data source" in str(error):
                 raise ConfigError(f"output.format = {config.format!r}: Spark has no such data source on its "
                                   "classpath (add its package, e.g. --packages for delta)") from None
+            if not isinstance(error, AnalysisException):
+                raise
     codec = config.options.get("compression")
     if codec is not None and config.format in COMPRESSIONS and codec.lower() not in COMPRESSIONS[config.format]:
         raise ConfigError(f"output.options.compression = {codec!r} is not a {config.format} codec; one of "

@@ -380,7 +380,8 @@ def _write_table(data: DataFrame, config: Config, staging: str, table: str) -> s
             raise InputError(f"output table {output.table} exists and output.mode is 'error'")
         exists = data.sparkSession.catalog.tableExists(output.table)
         if exists:
-            data.write.insertInto(output.table, overwrite=True)
+            # insertInto matches columns by position: put them in the table's order.
+            data.select(*data.sparkSession.table(output.table).columns).write.insertInto(output.table, overwrite=True)
         else:
             writer.saveAsTable(output.table)
         return None

@@ -91,6 +91,7 @@ def test_explain_prints_the_plan_and_writes_nothing(spark, tmp_path, dataset, em
     ("output column overwrites another column", 2, "an input column it does not read"),
     ("bad mechanism parameter", 2, "job.toml: columns[0]: mechanism 'tem': beta must be in [0, 1], got 2.0"),
     ("no guarantee, not accepted", 3, "promises no privacy guarantee"),
+    ("delta without its jars", 2, "output.format = 'delta': Spark has no such data source on its classpath"),
 ])
 def test_user_errors_are_one_line_with_their_exit_status_and_write_nothing(
         spark, tmp_path, dataset, embeddings_files, capsys, case, exit_status, message):
@@ -121,6 +122,8 @@ def test_user_errors_are_one_line_with_their_exit_status_and_write_nothing(
         columns = '[[columns]]\nname = "text"\nmechanism = "mlap"\nepsilon = 12.0\noutput_column = "rating"\n'
     elif case == "bad mechanism parameter":
         columns = '[[columns]]\nname = "text"\nmechanism = "tem"\nepsilon = 5.0\nparams = { beta = 2.0 }\n'
+    elif case == "delta without its jars":
+        output = 'format = "delta"'
     elif case == "no guarantee, not accepted":
         columns = '[[columns]]\nname = "text"\nmechanism = "tgumbel"\nepsilon = 2000.0\n'
     config = write_config(tmp_path, source, embeddings_files, columns, output, extra)
@@ -161,3 +164,29 @@ def one_line_error_from(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("dp-spark: error:")]
     assert len(lines) == 1, err[-2000:]
     return lines[0]
+
+
+@pytest.mark.e2e
+def test_a_built_artifact_is_used_as_is_by_a_fresh_driver(spark, tmp_path, dataset, embeddings_files, capsys,
+                                                          monkeypatch):
+    """build once; a run on a fresh cache directory (every scheduled run on an
+    ephemeral cluster) loads the artifact and builds no neighbour table."""
+    vectors, words = embeddings_files
+    (tmp_path / "embeddings.toml").write_text(
+        f'[embeddings]\nsource = "npy"\npath = "{vectors}"\nvocabulary = "{words}"\n[index]\nneighbours = 32\n')
+    assert main(["build", "--config", str(tmp_path / "embeddings.toml"), "--output", str(tmp_path / "artifacts"),
+                 "--json"]) == 0
+    built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert built["words"] < 5000 and built["neighbours"] == 32
+    monkeypatch.setenv("DP_SPARK_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    config = tmp_path / "job.toml"
+    config.write_text(
+        f'[input]\npath = "{dataset}"\ndataset = "cli"\n[output]\nroot = "{tmp_path / "out"}"\n'
+        f'[embeddings]\nartifact = "{built["artifact"]}"\n'
+        '[[columns]]\nname = "tokens"\nmechanism = "tem"\nepsilon = 8.0\n'
+    )
+    assert main(["perturb", "--config", str(config), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    manifest = json.loads(Path(summary["locations"]["manifest"]).read_text())
+    assert manifest["artifact"]["id"] == built["id"]
+    assert not (tmp_path / "fresh-cache" / "artifacts").exists()

@@ -327,3 +327,20 @@ def test_noise_keys_never_travel_inside_the_serialized_pass(spark, make_config, 
         for form in (key.to_bytes(8, "little"), key.to_bytes(8, "big"), key.to_bytes(9, "little", signed=True),
                      str(key).encode(), f"{key:x}".encode()):
             assert form not in pickled
+
+
+def test_a_catalog_table_output_is_written_and_replaced_by_partition(spark, make_config, input_path, tmp_path):
+    """output.table: the perturbed table goes to the catalog (saveAsTable,
+    then insertInto with dynamic partition overwrite), the statistics and the
+    ledger under output.root."""
+    spark.sql("DROP TABLE IF EXISTS default.reviews_dp")
+    config = make_config(input_path, COLUMNS[:1], job={"id_column": "id"},
+                         output={"table": "default.reviews_dp", "partition_by": ["ds"],
+                                 "options": {"path": str(tmp_path / "catalog-table")}})
+    first = run(spark, config, seed=SEED)
+    assert first.locations["table"] == "default.reviews_dp"
+    assert spark.table("default.reviews_dp").count() == len(reviews())
+    run(spark, config, partitions={"ds": "2026-11-21"}, seed=SEED)  # a replay of one partition
+    assert spark.table("default.reviews_dp").count() == len(reviews())
+    assert pd.read_parquet(first.locations["privacy_stats"])["run_id"].nunique() == 2
+    spark.sql("DROP TABLE default.reviews_dp")

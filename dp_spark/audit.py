@@ -57,11 +57,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from dp_spark.embeddings import Embeddings, only_words
+from dp_spark.embeddings import Embeddings
 from dp_spark.errors import ConfigError
 from dp_spark.guarantees import EUCLIDEAN, WITHIN_SETS, Guarantee
 from dp_spark.index import build_index, nearest_other_words
-from dp_spark.mechanisms import Mechanism, build_mechanism
+from dp_spark.mechanisms import Mechanism
 from dp_spark.mechanisms.custext import CusText
 from dp_spark.mechanisms.diffractor import Diffractor
 from dp_spark.mechanisms.exponential import ExponentialMechanism
@@ -181,18 +181,28 @@ def audit(mechanism: Mechanism, settings: AuditSettings = AuditSettings()) -> Au
     """Audit ``mechanism`` on a frequency-stratified sample of its vocabulary,
     each sampled word paired with its nearest neighbours (see the module)."""
     started = time.perf_counter()
+    words, pairs = audit_plan(mechanism, settings)
+    table = audit_pairs(mechanism, pairs, settings)
+    return summarize(mechanism, table, settings, seconds=time.perf_counter() - started,
+                     total_variations=total_variations(mechanism, words, settings))
+
+
+def audit_plan(mechanism: Mechanism, settings: AuditSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled words (stratified by frequency) and the pairs to audit."""
     method = audit_method(mechanism)
     words = stratified_sample(mechanism.embeddings.size, settings.word_count(method), settings.seed)
-    pairs = nearest_pairs(mechanism, words, settings.neighbour_count(method))
-    table = audit_pairs(mechanism, pairs, settings)
-    variations = None
-    if isinstance(mechanism, KernelDensity) and mechanism.sampler == "mh":
-        # Spread over the sample, which is sorted by frequency rank: frequent to rare words.
-        measured = words[np.unique(np.linspace(0, len(words) - 1, settings.tv_words).round().astype(int))]
-        variations = dict(zip(mechanism.embeddings.words_of(measured).tolist(),
-                              (mechanism.mh_total_variation(int(w)) for w in measured)))
-    return summarize(mechanism, table, settings, seconds=time.perf_counter() - started,
-                     total_variations=variations)
+    return words, nearest_pairs(mechanism, words, settings.neighbour_count(method))
+
+
+def total_variations(mechanism: Mechanism, words: np.ndarray, settings: AuditSettings) -> dict[str, float] | None:
+    """For kde mh, the chain's total variation to the exact law for
+    ``tv_words`` of the sampled words (None for other mechanisms)."""
+    if not (isinstance(mechanism, KernelDensity) and mechanism.sampler == "mh"):
+        return None
+    # Spread over the sample, which is sorted by frequency rank: frequent to rare words.
+    measured = words[np.unique(np.linspace(0, len(words) - 1, settings.tv_words).round().astype(int))]
+    return dict(zip(mechanism.embeddings.words_of(measured).tolist(),
+                    (mechanism.mh_total_variation(int(w)) for w in measured)))
 
 
 def audit_method(mechanism: Mechanism) -> str:
@@ -820,24 +830,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="confidence of the lower bounds, all pairs together (sampled method)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the word sample and the draws (public)")
     parser.add_argument("--output", help="directory for audit_pairs.csv, audit_summary.csv and audit.png")
+    parser.add_argument("--config", help="a config whose [embeddings] and [index] to audit on (an artifact, say)")
+    parser.add_argument("--spark", action="store_true", help="spread the pairs over Spark tasks (large audits)")
+    parser.add_argument("--master", help="with --spark: Spark master for a local classic session")
+    parser.add_argument("--remote", help="with --spark: Spark Connect URL (default $SPARK_REMOTE)")
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
     """Audit one mechanism on the default embeddings (words only, as the job
     uses them): exit status 0 when not refuted, 3 when refuted; a bad flag or
     parameter raises ``ConfigError`` (status 2 from the command line)."""
+    from dp_spark.config import Config, EmbeddingsConfig, load_config
+    from dp_spark.resources import Runtime, artifact_for, complete_params
+
     try:
         params = parse_params(args.param)
         settings = AuditSettings(words=args.words, neighbours_per_word=args.neighbours_per_word,
                                  draws=args.draws, confidence=args.confidence, seed=args.seed)
-        embeddings = only_words(Embeddings.default(args.vocab_size))
-        mechanism = build_mechanism(args.mechanism, embeddings, args.epsilon, **params)
+        config = load_config(args.config, "build") if args.config else Config(
+            embeddings=EmbeddingsConfig(vocab_size=args.vocab_size))
+        params = complete_params(args.mechanism, params, config.index.type)
+        runtime = Runtime(artifact_for(config.embeddings, config.index, [(args.mechanism, params)]))
+        mechanism = runtime.mechanism(args.mechanism, args.epsilon, params)
     except ConfigError:
         raise
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    result = audit(mechanism, settings)
-    print(f"embeddings: GloVe 6B 50d, {embeddings.size:,} words")
+    if args.spark:
+        from dp_spark.spark.audit import audit_on_spark
+        from dp_spark.spark.session import session
+
+        with session("dp-spark audit", args.master, args.remote) as spark:
+            result = audit_on_spark(spark, runtime, args.mechanism, args.epsilon, params, settings)
+    else:
+        result = audit(mechanism, settings)
+    embeddings = runtime.embeddings
+    print(f"embeddings: artifact {runtime.artifact.id}, {embeddings.size:,} words")
     print(report(result))
     if args.output:
         label = " ".join([args.mechanism, *args.param]) + f"\neps {args.epsilon:g}"

@@ -21,7 +21,6 @@ from dp_spark.audit import (
     write_outputs,
 )
 from dp_spark.cli import main
-from dp_spark.embeddings import Embeddings
 from dp_spark.mechanisms import build_mechanism
 from dp_spark.mechanisms.exponential import exponential_distribution
 from dp_spark.mechanisms.mlap import MultivariateLaplace
@@ -190,15 +189,19 @@ def test_outputs_are_written(embeddings, tmp_path):
 
 
 def test_command_line_prints_the_verdict_and_exits_by_it(embeddings, monkeypatch, tmp_path, capsys):
-    """Exit 0 when not refuted, 3 when refuted, 2 on a usage error (the
-    default embeddings are swapped for the small vocabulary)."""
-    monkeypatch.setattr(Embeddings, "default", classmethod(lambda cls, size: embeddings))
-    monkeypatch.setattr("dp_spark.audit.only_words", lambda loaded: loaded)
-    command = ["audit", "--mechanism", "tem", "--epsilon", "3", "--words", "5", "--output", str(tmp_path)]
+    """Exit 0 when not refuted, 3 when refuted, 2 on a usage error (on the
+    small vocabulary, given as a config's [embeddings])."""
+    np.save(tmp_path / "vectors.npy", embeddings.vectors)
+    (tmp_path / "words.txt").write_text("\n".join(embeddings.words.tolist()) + "\n")
+    (tmp_path / "audit.toml").write_text(
+        f'[embeddings]\nsource = "npy"\npath = "{tmp_path / "vectors.npy"}"\n'
+        f'vocabulary = "{tmp_path / "words.txt"}"\nwords_only = false\n')
+    command = ["audit", "--mechanism", "tem", "--epsilon", "3", "--words", "5", "--output", str(tmp_path),
+               "--config", str(tmp_path / "audit.toml")]
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "books:    3-d_X" in printed and "not refuted" in printed and (tmp_path / "audit.png").exists()
-    monkeypatch.setattr("dp_spark.audit.build_mechanism", lambda name, loaded, epsilon, **params:
+    monkeypatch.setattr("dp_spark.resources.build_mechanism", lambda name, loaded, epsilon, **params:
                         DoubledTem(loaded, epsilon))
     assert main(command) == 3 and "REFUTED" in capsys.readouterr().out
     assert main(["audit", "--mechanism", "tem", "--epsilon", "3", "--param", "beta"]) == 2

@@ -109,30 +109,47 @@ def read_input(spark: SparkSession, config: InputConfig) -> Input:
         if fail_fast:
             options.update(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT_COLUMN)
         reader = spark.read.format(config.format).options(**options)
-        if config.schema or fail_fast:
-            schema = _schema(spark, config)
-            if fail_fast:
-                schema = T.StructType([*schema.fields, T.StructField(CORRUPT_COLUMN, T.StringType(), True)])
+        schema = config.schema
+        if fail_fast:
+            schema = f"{schema or _inferred_schema(spark, config)}, {CORRUPT_COLUMN} STRING"
+        if schema:
             reader = reader.schema(schema)
         frame = reader.load(config.path)
+        frame = _label_and_text_lines(frame, config)
         if fail_fast:
             frame = frame.withColumn(SOURCE_FILE_COLUMN, F.input_file_name())
             malformed = (CORRUPT_COLUMN, SOURCE_FILE_COLUMN)
         frame.schema  # resolve now: a missing path or format fails here, not in a task
     except AnalysisException as error:
+        if config.schema and ("PARSE_SYNTAX_ERROR" in str(error) or "UNSUPPORTED_DATATYPE" in str(error)):
+            raise ConfigError(f"input.schema is not a valid DDL schema ({_first_line(error)})") from None
         raise describe_analysis_error(error, f"input {config.location}") from None
     return Input(frame, malformed)
 
 
-def _schema(spark: SparkSession, config: InputConfig) -> T.StructType:
-    """The configured DDL schema, or the one Spark infers from the files."""
-    if config.schema:
-        try:
-            return spark.createDataFrame([], config.schema).schema
-        except Exception as error:  # Spark raises ParseException, ValueError, ...
-            raise ConfigError(f"input.schema is not a valid DDL schema ({_first_line(error)})") from None
+def _inferred_schema(spark: SparkSession, config: InputConfig) -> str:
+    """The DDL of the schema Spark infers from the files (reads a sample of them)."""
     options = {k: v for k, v in config.options.items() if k != "mode"}
-    return spark.read.format(config.format).options(**options).load(config.path).schema
+    return spark.read.format(config.format).options(**options).load(config.path).schema.toDDL()
+
+
+def _label_and_text_lines(frame: DataFrame, config: InputConfig) -> DataFrame:
+    """With ``format = "text"`` and ``options.line_format = "label_text"``,
+    each line is a label, whitespace, then the text (the usual layout of
+    sentiment benchmarks): columns ``label`` and ``text``, nulls for a blank
+    line. Other inputs pass unchanged."""
+    line_format = config.options.get("line_format")
+    if line_format is None:
+        return frame
+    if config.format != "text" or line_format != "label_text":
+        raise ConfigError(f"input.options.line_format = {line_format!r}: the one line format is 'label_text', "
+                          f"read with input.format = 'text' (got format {config.format!r})")
+    line = F.col("value")
+    blank = line.rlike(r"^\s*$")
+    return frame.select(
+        F.when(~blank, F.regexp_extract(line, r"^\s*(\S+)", 1)).alias("label"),
+        F.when(~blank, F.regexp_extract(line, r"^\s*\S+\s+(.*?)\s*$", 1)).alias("text"),
+    )
 
 
 def check_output(spark: SparkSession, config: OutputConfig, schema: T.StructType, probe_location: str) -> None:

@@ -300,7 +300,9 @@ def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_i
     staging = staging_location(root, run_id)
     dataset = config.input.dataset_name
     partition = canonical_partition(plan.selection)
-    if config.job.id_column:
+    direct = config.output.table is not None or config.output.format in TRANSACTIONAL_FORMATS
+    if config.job.id_column and direct:
+        # The table goes live with its write: keys are checked on the input first.
         with timer("check that row keys are unique"), phase(spark, run_id, "check row keys"):
             check_unique_ids(plan.frame, config.job.id_column)
     manifest = _manifest(spark, config, plan, seed, run_id, locations)
@@ -317,12 +319,15 @@ def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_i
         perturbation = perturb(plan.frame, plan.perturbers, statistics=True, malformed=plan.input.malformed)
         combined = perturbation.combined.persist()
         try:
-            direct = config.output.table is not None or config.output.format in TRANSACTIONAL_FORMATS
             if direct:
                 # The table goes live with this write: from here on the release counts.
                 write_journal(staging, run_id, [])
             with timer("perturb and write the table"), phase(spark, run_id, "perturb and write table"):
                 staged_table = _write_table(perturbation.data, config, staging, locations["table"])
+            if config.job.id_column and not direct:
+                # Checked on the pass just computed (cached), before anything is published.
+                with timer("check that row keys are unique"), phase(spark, run_id, "check row keys"):
+                    check_unique_ids(perturbation.data, config.job.id_column)
             with timer("sum the statistics"), phase(spark, run_id, "sum statistics"):
                 summed = collect_statistics(perturbation.stat_rows, perturbation.outputs,
                                             len(plan.runtime.vocabulary), config.job.min_count)

@@ -225,7 +225,8 @@ def test_another_release_under_the_same_seed_draws_fresh_noise_and_composes(spar
 
 
 @pytest.mark.e2e
-def test_duplicate_row_keys_are_refused_before_anything_is_written(spark, make_config, tmp_path):
+def test_duplicate_row_keys_are_refused_before_anything_is_published(spark, make_config, tmp_path):
+    """Regression: rows sharing an id shared their noise."""
     frame = reviews()
     frame.loc[frame.index[:3], "id"] = 7
     frame.to_parquet(tmp_path / "dups.parquet")
@@ -234,6 +235,9 @@ def test_duplicate_row_keys_are_refused_before_anything_is_written(spark, make_c
         run(spark, config, seed=SEED)
     root = Path(config.output.root)
     assert not (root / "table").exists() and not (root / "privacy_stats").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith("_staging")]
+    (record,) = LedgerStore(str(root / "ledger")).runs().values()
+    assert record["status"] == "rolled_back"
 
 
 def test_a_mechanism_without_a_guarantee_runs_only_when_the_column_accepts_it(spark, make_config, input_path):

@@ -47,6 +47,10 @@ class CalibrationSettings:
     seed: int = 0
     target_nw: float = 0.5
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (mechanism, parameter) pairs to tune for the target median N_w at the
+    # mechanism's first valid epsilon: the knob that moves a mechanism whose
+    # epsilon barely does (tgumbel's Poisson rate).
+    tune: tuple[tuple[str, str], ...] = ()
     # The bisection evaluates N_w at new epsilons: on a smaller sample, for time.
     bisect_sample: int = 200
     bisect_draws: int = 200
@@ -101,6 +105,14 @@ def calibrate(
             found = _bisect(runtime, name, settings, words, limits)
         crossings[name] = describe_crossing(name, found, grid, settings.target_nw, floors.get(name))
         log.info("%s: median N_w = %g at %s", name, settings.target_nw, crossings[name])
+    for name, parameter in settings.tune:
+        epsilons = sorted(e for m, e in valid if m == name)
+        label = f"{name} {parameter}"
+        if not epsilons:
+            crossings[label] = "no valid epsilon in the grid to tune at"
+            continue
+        crossings[label] = _tune(runtime, name, parameter, epsilons[0], settings, words)
+        log.info("%s: %s", label, crossings[label])
 
     locations = {name: storage.join(output_root, name) for name in
                  ("calibration_words", "calibration_summary", "calibration.png", "calibration.md")}
@@ -175,6 +187,32 @@ def _bisect(runtime: Any, name: str, settings: CalibrationSettings, words: np.nd
     return bisect_epsilon(median_survival, settings.target_nw, *limits)
 
 
+# The range a tuned parameter is searched in (bisection on its logarithm).
+TUNE_RANGE = (0.01, 1000.0)
+
+
+def _tune(runtime: Any, name: str, parameter: str, epsilon: float, settings: CalibrationSettings,
+          words: np.ndarray) -> str:
+    """The value of ``parameter`` that gives the target median N_w at
+    ``epsilon``, by bisection (N_w falls as the parameter grows: more
+    candidates, fewer survivals), or why there is none."""
+    rng = np.random.default_rng(settings.seed)
+    subsample = np.sort(rng.choice(words, size=min(settings.bisect_sample, len(words)), replace=False))
+
+    def falling_survival(value: float) -> float:
+        params = {**settings.params.get(name, {}), parameter: value}
+        mechanism = runtime.mechanism(name, epsilon, params)
+        n_w, _ = plausible_deniability(mechanism, subsample, settings.bisect_draws, seed=settings.seed)
+        return -float(np.median(n_w))
+
+    found = bisect_epsilon(falling_survival, -settings.target_nw, *TUNE_RANGE)
+    if found is None:
+        low, high = (-falling_survival(v) for v in TUNE_RANGE)
+        return (f"not reached at epsilon {epsilon:g}: median N_w goes from {low:.3f} to {high:.3f} as {parameter} "
+                f"goes from {TUNE_RANGE[0]:g} to {TUNE_RANGE[1]:g}")
+    return f"{parameter} = {found:.3g} gives median N_w = {settings.target_nw:g} at epsilon {epsilon:g}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mechanisms", default="tgumbel,mlap", help="comma-separated mechanism names")
     parser.add_argument("--epsilons", default="1,2,5,10,20,40,100,200", help="comma-separated epsilon grid")
@@ -185,6 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the draws (public)")
     parser.add_argument("--param", action="append", default=[], metavar="MECHANISM.KEY=VALUE",
                         help="mechanism parameter, e.g. mlap.max_distance=7.5 (repeatable)")
+    parser.add_argument("--tune", action="append", default=[], metavar="MECHANISM.PARAMETER",
+                        help="find the parameter value for the target median N_w at the mechanism's first valid "
+                             "epsilon, e.g. tgumbel.poisson_rate (repeatable)")
     parser.add_argument("--config", help="a config whose [embeddings] and [index] to use")
     parser.add_argument("--master", help="Spark master for a local classic session (default local[2])")
     parser.add_argument("--remote", help="Spark Connect URL (default $SPARK_REMOTE)")
@@ -213,7 +254,14 @@ def parse_settings(args: argparse.Namespace) -> CalibrationSettings:
         if not sep or not dot or mechanism not in mechanisms:
             raise ConfigError(f"--param expects MECHANISM.KEY=VALUE for a calibrated mechanism; got {item!r}")
         params.setdefault(mechanism, {})[name] = _number(value)
-    return CalibrationSettings(mechanisms, epsilons, args.sample, args.draws, args.seed, args.target_nw, params)
+    tune = []
+    for item in args.tune:
+        mechanism, dot, parameter = item.partition(".")
+        if not dot or mechanism not in mechanisms or not parameter:
+            raise ConfigError(f"--tune expects MECHANISM.PARAMETER for a calibrated mechanism; got {item!r}")
+        tune.append((mechanism, parameter))
+    return CalibrationSettings(mechanisms, epsilons, args.sample, args.draws, args.seed, args.target_nw, params,
+                               tuple(tune))
 
 
 def _number(text: str) -> Any:

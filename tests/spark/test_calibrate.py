@@ -95,3 +95,16 @@ def test_calibrate_runs_every_mechanism(spark, tmp_path, embeddings_files):
         assert ok["nw_p50"].between(0, 1).all() and (ok["sw_p50"] >= 1).all()
     details = pd.read_parquet(tmp_path / "truncated" / "calibration_summary").query("mechanism == 'tgumbel' and status == 'ok'")
     assert details["details"].str.contains('"truncation": "distance"').all()
+
+
+def test_calibrate_tunes_tgumbels_poisson_rate_for_a_target_survival(spark, tmp_path, embeddings_files, capsys):
+    """tgumbel's N_w barely moves with epsilon; its Poisson rate is the knob,
+    and calibration finds the rate for the target median N_w."""
+    config = write_config(tmp_path, embeddings_files)
+    assert main(["calibrate", "--mechanisms", "tgumbel", "--epsilons", "2000", "--sample", "40", "--draws", "40",
+                 "--tune", "tgumbel.poisson_rate", "--target-nw", "0.3", "--config", str(config),
+                 "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if "tgumbel poisson_rate" in line)
+    rate = float(line.split("poisson_rate = ")[1].split()[0])
+    assert "gives median N_w = 0.3 at epsilon 2000" in line and 0.01 < rate < 1000

@@ -313,6 +313,10 @@ def _option_string(value: Any, source: str, where: str) -> str:
     raise ConfigError(f"{source}: {where} must be a string, number or boolean, got {value!r}")
 
 
+# A neighbour table beyond this is a memory error waiting to happen (8 bytes
+# per word and neighbour), and no mechanism gains from it.
+MAX_NEIGHBOURS = 4096
+
 _REMOVED = {"udf": "job.udf was removed: every column runs in one mapInArrow pass (measured fastest)"}
 
 
@@ -337,6 +341,10 @@ def _check_relations(config: Config) -> None:
         raise ConfigError(f"{source}: embeddings.path is required when embeddings.source = {embeddings.source!r}")
     if embeddings.source == "npy" and not embeddings.vocabulary:
         raise ConfigError(f"{source}: embeddings.vocabulary is required when embeddings.source = 'npy'")
+    if config.index.neighbours > MAX_NEIGHBOURS:
+        raise ConfigError(f"{source}: index.neighbours = {config.index.neighbours} is more than {MAX_NEIGHBOURS}: the "
+                          f"neighbour table holds |V| x K ids and distances (K = {config.index.neighbours} on 100,000 "
+                          f"words: {config.index.neighbours * 8e5 / 2**30:.1f} GiB)")
     if not config.output.root.strip():
         raise ConfigError(f"{source}: output.root must name a directory, got an empty string")
     if embeddings.artifact and embeddings.source != "default":

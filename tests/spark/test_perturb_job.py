@@ -348,3 +348,28 @@ def test_a_catalog_table_output_is_written_and_replaced_by_partition(spark, make
     assert spark.table("default.reviews_dp").count() == len(reviews())
     assert pd.read_parquet(first.locations["privacy_stats"])["run_id"].nunique() == 2
     spark.sql("DROP TABLE default.reviews_dp")
+
+
+def test_partition_values_are_compared_by_type(spark, make_config, input_path):
+    """Regression: id=5 and id=05 select the same rows but were booked as two datasets."""
+    config = make_config(input_path, COLUMNS[:1])
+    run(spark, config, partitions={"id": "5"}, seed=SEED)
+    with pytest.raises(RecompositionRefused, match="partition id=5"):
+        run(spark, config, partitions={"id": "05"}, seed=Seed(b"fresh", "given"))
+    assert run(spark, config, partitions={"id": "6"}, seed=Seed(b"fresh", "given")).totals["text"].epsilon == 8.0
+
+
+@pytest.mark.e2e
+def test_identifiers_and_unknown_words_never_leave_verbatim_by_default(spark, make_config, tmp_path):
+    text = ("Mail jane.doe@example.com or call +1 555-0199 about order 123456, "
+            "see https://example.com/x; Zxqvbrtnik says José’s ﬁne")
+    pd.DataFrame({"id": [1], "text": [text]}).to_parquet(tmp_path / "pii.parquet")
+    config = make_config(tmp_path / "pii.parquet", [{"name": "text", "mechanism": "tem", "epsilon": 50.0}])
+    result = run(spark, config, seed=SEED)
+    (out,) = pd.read_parquet(result.locations["table"])["text"]
+    for secret in ("jane.doe", "example.com", "555", "0199", "123456", "Zxqvbrtnik"):
+        assert secret not in out, out
+    for placeholder in ("<email>", "<phone>", "<num>", "<url>", "<unk>"):
+        assert placeholder in out, out
+    row = pd.read_parquet(result.locations["privacy_stats"]).iloc[0]
+    assert row["tokens_unprotected"] == 0 and row["entities_email"] == 1 and row["entities_url"] == 1

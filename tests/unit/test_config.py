@@ -66,6 +66,7 @@ def test_options_become_strings_and_overrides_apply():
         ({"columns__params": {"radius": 1}}, r"unknown parameter\(s\) radius for mechanism 'mlap'; allowed: index_type, max_distance"),
         ({"index__type": "annoy"}, r"index\.type must be one of flat, hnsw, ivf; got 'annoy'"),
         ({"index__neighbours": 0}, r"index\.neighbours must be positive"),
+        ({"index__neighbours": 200000}, r"index\.neighbours = 200000 is more than 4096.*149\.0 GiB"),
         ({"job__udf": "map"}, r"job\.udf was removed"),
         ({"columns__params": {"beta": 2.0}, "columns__mechanism": "tem"}, r"job\.toml: columns\[0\]: mechanism 'tem': beta must be in \[0, 1\], got 2\.0"),
         ({"columns__epsilon": float("inf")}, r"columns\[0\]\.epsilon must be finite"),
@@ -115,3 +116,13 @@ def test_file_errors(tmp_path):
     bad.write_text("[input\npath = 1")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_config(bad)
+
+
+def test_a_dataset_named_by_its_path_is_one_dataset_however_the_path_is_spelled(tmp_path, monkeypatch):
+    """Regression: base, base/, file:///.../base and ../data/base were four datasets in the ledger."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    spellings = ["data/base", "data/base/", f"file://{tmp_path}/data/base", "data/../data/base"]
+    names = {parse_config(minimal(input__path=spelling, input__dataset=None)).input.dataset_name
+             for spelling in spellings}
+    assert names == {(tmp_path / "data" / "base").as_uri()}

@@ -57,6 +57,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from dp_spark.config import parse_value
 from dp_spark.embeddings import Embeddings
 from dp_spark.errors import ConfigError
 from dp_spark.guarantees import EUCLIDEAN, WITHIN_SETS, Guarantee
@@ -881,17 +882,5 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        params[key.strip()] = _value(text.strip())
+        params[key.strip()] = parse_value(text.strip())
     return params
-
-
-def _value(text: str) -> Any:
-    named = {"true": True, "false": False, "none": None}
-    if text.lower() in named:
-        return named[text.lower()]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text

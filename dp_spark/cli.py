@@ -15,6 +15,7 @@ status: 2 bad config or input, 3 refused by the ledger or a guarantee check,
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -172,62 +173,27 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    from dp_spark.spark import calibrate
+def _from(module: str, name: str) -> Callable:
+    """A command's function, imported when called (so that ``--help`` and the
+    pure commands never import pyspark)."""
 
-    calibrate.add_arguments(parser)
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args)
 
-
-def run_calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from dp_spark.spark import calibrate
-
-    return calibrate.run_from_arguments(args)
-
-
-def print_calibrate(summary: dict[str, Any]) -> None:
-    from dp_spark.spark import calibrate
-
-    calibrate.print_summary(summary)
-
-
-def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from dp_spark.spark import evaluate
-
-    evaluate.add_arguments(parser)
-
-
-def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from dp_spark.spark import evaluate
-
-    return evaluate.run_from_arguments(args)
-
-
-def print_evaluate(summary: dict[str, Any]) -> None:
-    from dp_spark.spark import evaluate
-
-    evaluate.print_summary(summary)
-
-
-def _audit_arguments(parser: argparse.ArgumentParser) -> None:
-    from dp_spark import audit
-
-    audit.add_arguments(parser)
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    from dp_spark import audit
-
-    return audit.run_from_arguments(args)
+    return call
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable, Callable | None]] = {
     "perturb": ("perturb text columns of a table", _perturb_arguments, run_perturb, print_perturb),
     "build": ("build the embeddings' artifact", _build_arguments, run_build, print_build),
-    "calibrate": ("N_w / S_w against epsilon per mechanism", _calibrate_arguments, run_calibrate, print_calibrate),
-    "evaluate": ("utility of classifiers trained on perturbed text", _evaluate_arguments, run_evaluate,
-                 print_evaluate),
-    "audit": ("measure a mechanism's privacy loss against the guarantee it books", _audit_arguments,
-              run_audit, None),
+    "calibrate": ("N_w / S_w against epsilon per mechanism", _from("dp_spark.spark.calibrate", "add_arguments"),
+                  _from("dp_spark.spark.calibrate", "run_from_arguments"),
+                  _from("dp_spark.spark.calibrate", "print_summary")),
+    "evaluate": ("utility of classifiers trained on perturbed text", _from("dp_spark.spark.evaluate", "add_arguments"),
+                 _from("dp_spark.spark.evaluate", "run_from_arguments"),
+                 _from("dp_spark.spark.evaluate", "print_summary")),
+    "audit": ("measure a mechanism's privacy loss against the guarantee it books",
+              _from("dp_spark.audit", "add_arguments"), _from("dp_spark.audit", "run_from_arguments"), None),
     "demo": ("perturb a sentence with each mechanism (no Spark)", _demo_arguments, run_demo, None),
 }
 

@@ -385,6 +385,20 @@ def _check_relations(config: Config) -> None:
         )
 
 
+def parse_value(text: str) -> Any:
+    """A parameter given as text on the command line: an integer, a number,
+    true/false/none, or the text itself."""
+    named = {"true": True, "false": False, "none": None}
+    if text.lower() in named:
+        return named[text.lower()]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def check_mechanism(name: str, epsilon: float, params: dict[str, Any], where: str) -> None:
     """Check a mechanism's parameters before any embeddings load, by building
     it on a tiny stand-in vocabulary (points 1,000 apart, so that no

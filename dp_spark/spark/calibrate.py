@@ -26,7 +26,7 @@ from pyspark.sql import types as T
 
 from dp_spark import storage
 from dp_spark.calibration import Refusal, bracket, describe_crossing, plot, report, summary_table
-from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config
+from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config, parse_value
 from dp_spark.errors import ConfigError
 from dp_spark.mechanisms import MECHANISMS
 from dp_spark.resources import Runtime, artifact_for, complete_params
@@ -253,7 +253,7 @@ def parse_settings(args: argparse.Namespace) -> CalibrationSettings:
         mechanism, dot, name = key.partition(".")
         if not sep or not dot or mechanism not in mechanisms:
             raise ConfigError(f"--param expects MECHANISM.KEY=VALUE for a calibrated mechanism; got {item!r}")
-        params.setdefault(mechanism, {})[name] = _number(value)
+        params.setdefault(mechanism, {})[name] = parse_value(value)
     tune = []
     for item in args.tune:
         mechanism, dot, parameter = item.partition(".")
@@ -262,15 +262,6 @@ def parse_settings(args: argparse.Namespace) -> CalibrationSettings:
         tune.append((mechanism, parameter))
     return CalibrationSettings(mechanisms, epsilons, args.sample, args.draws, args.seed, args.target_nw, params,
                                tuple(tune))
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def run_from_arguments(args: argparse.Namespace) -> dict[str, Any]:

@@ -26,13 +26,17 @@ from pyspark.sql import types as T
 
 from dp_spark import storage
 from dp_spark.calibration import Refusal, bracket, describe_crossing, plot, report, summary_table
-from dp_spark.config import EmbeddingsConfig, IndexConfig, load_config, parse_value
-from dp_spark.errors import ConfigError
-from dp_spark.mechanisms import MECHANISMS
+from dp_spark.config import EmbeddingsConfig, IndexConfig, InputConfig, load_config, parse_value
+from dp_spark.deniability import weighted_summary
+from dp_spark.errors import ConfigError, InputError
+from dp_spark.mechanisms import MECHANISMS, Mechanism
 from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.results import write_plot, write_result_table
+from dp_spark.spark.io import read_input
+from dp_spark.spark.perturber import DPTextPerturber, perturb
 from dp_spark.spark.session import phase
 from dp_spark.spark.shipping import ShippedArtifact, ship_artifact, worker_runtime
+from dp_spark.spark.statistics import collect_statistics
 from dp_spark.stats import bisect_epsilon, frequency_band, plausible_deniability, stratified_sample
 
 log = logging.getLogger("dp_spark.calibrate")
@@ -63,7 +67,11 @@ def calibrate(
     embeddings: EmbeddingsConfig | None = None,
     index: IndexConfig | None = None,
     command: str = "",
+    text: tuple[InputConfig, str] | None = None,
 ) -> dict[str, Any]:
+    """N_w and S_w per (mechanism, epsilon) over a stratified vocabulary
+    sample; with ``text`` (an input and its text column), also over the
+    words of that text, weighted by their tokens (band "text")."""
     embeddings = embeddings or EmbeddingsConfig()
     index = index or IndexConfig()
     params = {name: complete_params(name, settings.params.get(name, {}), index.type) for name in settings.mechanisms}
@@ -71,6 +79,12 @@ def calibrate(
     runtime = Runtime(artifact_for(embeddings, index, list(params.items())))
     vocabulary = runtime.vocabulary
     words = stratified_sample(len(vocabulary), settings.sample_size, settings.seed)
+    text_words = None
+    if text is not None:
+        with phase(spark, "calibrate", "count the text's words"):
+            ids, counts = text_word_counts(spark, text[0], text[1], runtime)
+        top = np.argsort(-counts, kind="stable")[:TEXT_WORDS]
+        text_words = (ids[top], counts[top], float(counts[top].sum() / max(counts.sum(), 1)))
 
     valid, refusals, details, floors = [], [], {}, {}
     for name in settings.mechanisms:
@@ -90,11 +104,17 @@ def calibrate(
     log.info("calibrating %d (mechanism, epsilon) pairs over %d words x %d draws; %d refused",
              len(valid), len(words), settings.draws, len(refusals))
 
+    measuring = words if text_words is None else np.union1d(words, text_words[0])
     with phase(spark, "calibrate", "N_w and S_w per word"):
-        measured = _measure(spark, ship_artifact(spark, runtime.artifact), settings, valid, words)
+        measured = _measure(spark, ship_artifact(spark, runtime.artifact), settings, valid, measuring)
+    if text_words is not None:
+        by_text = measured[measured["word_id"].isin(text_words[0])]
+        measured = measured[measured["word_id"].isin(words)].reset_index(drop=True)
     measured["word"] = vocabulary.words.take(pa.array(measured["word_id"].to_numpy())).to_pylist()
     measured["band"] = frequency_band(measured["word_id"].to_numpy())
     summary = summary_table(measured, refusals, details)
+    if text_words is not None:
+        summary = pd.concat([summary, _text_summary(by_text, text_words)], ignore_index=True)
 
     crossings = {}
     for name in settings.mechanisms:
@@ -187,6 +207,53 @@ def _bisect(runtime: Any, name: str, settings: CalibrationSettings, words: np.nd
     return bisect_epsilon(median_survival, settings.target_nw, *limits)
 
 
+TEXT_WORDS = 500  # the text's most frequent words measured (their share of its tokens is reported)
+
+
+class _Identity(Mechanism):
+    """Returns its input: a perturbation pass with it only counts the words."""
+
+    name = "identity"
+
+    def _perturb_in_vocabulary(self, ids: np.ndarray, rng: Any) -> np.ndarray:
+        return ids
+
+
+def _identity(embeddings: Any) -> Mechanism:
+    return _Identity(embeddings, 1.0)
+
+
+def text_word_counts(spark: SparkSession, source: InputConfig, column: str, runtime: Runtime
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(vocabulary ids, token counts) of the words of a text column, through
+    the perturb job's own tokenizer (a pass with the identity, summing its
+    statistics): what the text's N_w is weighted by."""
+    frame = read_input(spark, source).frame
+    if column not in frame.columns:
+        raise InputError(f"--text-column {column!r}: the input has no such column "
+                         f"(columns: {', '.join(frame.columns)})")
+    counter = (DPTextPerturber(inputCol=column, outputCol=column, mechanism="identity", acceptNoGuarantee=True)
+               .setCustomMechanism(_identity).setRuntime(runtime))
+    passed = perturb(frame.select(column), [counter], statistics=True)
+    (statistics, _), = collect_statistics(passed.stat_rows, passed.outputs, len(runtime.vocabulary), 1).values()
+    return statistics.words_seen
+
+
+def _text_summary(measured: pd.DataFrame, text_words: tuple[np.ndarray, np.ndarray, float]) -> pd.DataFrame:
+    """Band "text": N_w and S_w per (mechanism, epsilon) over the text's words, weighted by their tokens."""
+    ids, counts, covered = text_words
+    weight = dict(zip(ids.tolist(), counts.tolist()))
+    rows = []
+    for (mechanism, epsilon), group in measured.groupby(["mechanism", "epsilon"], sort=True):
+        weights = group["word_id"].map(weight).to_numpy(float)
+        row = {"mechanism": mechanism, "epsilon": float(epsilon), "band": "text", "status": "ok", "reason": None,
+               "words": len(group), "text_tokens_covered": covered}
+        row.update({f"nw_{k}": v for k, v in weighted_summary(group["n_w"].to_numpy(), weights).items()})
+        row.update({f"sw_{k}": v for k, v in weighted_summary(group["s_w"].to_numpy(), weights).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # The range a tuned parameter is searched in (bisection on its logarithm).
 TUNE_RANGE = (0.01, 1000.0)
 
@@ -226,7 +293,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune", action="append", default=[], metavar="MECHANISM.PARAMETER",
                         help="find the parameter value for the target median N_w at the mechanism's first valid "
                              "epsilon, e.g. tgumbel.poisson_rate (repeatable)")
-    parser.add_argument("--config", help="a config whose [embeddings] and [index] to use")
+    parser.add_argument("--config", help="a config whose [embeddings] and [index] to use (and [input], with "
+                                         "--text-column)")
+    parser.add_argument("--text-column", help="also report N_w and S_w over this text column of the config's "
+                                              "[input], weighted by its tokens (band 'text')")
     parser.add_argument("--master", help="Spark master for a local classic session (default local[2])")
     parser.add_argument("--remote", help="Spark Connect URL (default $SPARK_REMOTE)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
@@ -269,11 +339,14 @@ def run_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = parse_settings(args)
     config = load_config(args.config, "build") if args.config else None
+    if args.text_column and (config is None or config.input is None):
+        raise ConfigError("--text-column needs --config with an [input] section to read the text from")
+    text = (config.input, args.text_column) if args.text_column else None
     with session("dp-spark calibrate", args.master, args.remote) as spark:
         result = calibrate(
             spark, settings, args.output,
             config.embeddings if config else None, config.index if config else None,
-            command="python -m dp_spark calibrate " + " ".join(sys.argv[2:]),
+            command="python -m dp_spark calibrate " + " ".join(sys.argv[2:]), text=text,
         )
     return {"command": "calibrate", "status": "succeeded", "locations": result["locations"],
             "crossings": result["crossings"], "target_nw": settings.target_nw}

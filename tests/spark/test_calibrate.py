@@ -108,3 +108,23 @@ def test_calibrate_tunes_tgumbels_poisson_rate_for_a_target_survival(spark, tmp_
     line = next(line for line in printed.splitlines() if "tgumbel poisson_rate" in line)
     rate = float(line.split("poisson_rate = ")[1].split()[0])
     assert "gives median N_w = 0.3 at epsilon 2000" in line and 0.01 < rate < 1000
+
+
+def test_calibrate_weights_survival_by_the_tokens_of_a_text(spark, tmp_path, embeddings_files):
+    """Band "text": N_w over the words of an input text, weighted by their
+    tokens (frequent words sit in denser regions: it differs from the
+    vocabulary sample's)."""
+    vectors, words = embeddings_files
+    pd.DataFrame({"review": ["the movie was the best of the year", "the actors were good"] * 50}).to_parquet(
+        tmp_path / "text.parquet")
+    config = tmp_path / "calibrate.toml"
+    config.write_text(f'[input]\npath = "{tmp_path / "text.parquet"}"\n'
+                      f'[embeddings]\nsource = "npy"\npath = "{vectors}"\nvocabulary = "{words}"\n')
+    out = tmp_path / "out"
+    assert main(["calibrate", "--mechanisms", "mlap", "--epsilons", "8", "--sample", "30", "--draws", "30",
+                 "--config", str(config), "--text-column", "review", "--output", str(out)]) == 0
+    summary = pd.read_parquet(out / "calibration_summary")
+    (text,) = summary[summary["band"] == "text"].itertuples()
+    assert text.words == 9 and text.text_tokens_covered == 1.0 and 0 <= text.nw_mean <= 1
+    overall = summary[summary["band"] == "all"].iloc[0]
+    assert text.nw_mean != overall["nw_mean"]

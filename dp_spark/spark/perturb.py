@@ -59,7 +59,16 @@ from dp_spark.ledger import (
 )
 from dp_spark.ledger_store import LedgerStore
 from dp_spark.lock import RunLock
-from dp_spark.publish import Move, append_moves, publish, recover, staging_location, table_moves, write_journal
+from dp_spark.publish import (
+    JOURNAL,
+    Move,
+    append_moves,
+    publish,
+    recover,
+    staging_location,
+    table_moves,
+    write_journal,
+)
 from dp_spark.randomness import seed_fingerprint
 from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.spark.io import TRANSACTIONAL_FORMATS, Input, check_output, read_input, typed_partitions
@@ -224,9 +233,20 @@ def _plan(spark: SparkSession, config: Config, partitions: dict[str, str], seed:
                                 perturber.release_fingerprint(kinds[column.name]), guarantee))
     output_schema = perturb_schema_preview(schema, config, source)
     check_output(spark, config.output, output_schema, storage.join(config.output.root, "_dp_spark_format_probe"))
+    _check_output_mode(spark, config)
     totals = plan_run(ledger.entries(), config.input.dataset_name, selection, releases, seed.fingerprint,
                       row_key_label(config.job.id_column), allow_recompose)
     return _Plan(source, frame, selection, runtime, perturbers, releases, totals, kinds)
+
+
+def _check_output_mode(spark: SparkSession, config: Config) -> None:
+    output = config.output
+    if output.mode != "error":
+        return
+    exists = spark.catalog.tableExists(output.table) if output.table else storage.exists(output.location("table"))
+    if exists:
+        raise InputError(f"{config.source}: the output table {output.table or output.location('table')} exists "
+                         "and output.mode is 'error'")
 
 
 def _check_columns(config: Config, source: Input) -> None:
@@ -296,10 +316,9 @@ def check_unique_ids(frame: DataFrame, id_column: str) -> None:
 
 def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_id: str,
              locations: dict[str, str], ledger: LedgerStore, timer: _Timer) -> RunResult:
-    root = config.output.root
-    staging = staging_location(root, run_id)
-    dataset = config.input.dataset_name
-    partition = canonical_partition(plan.selection)
+    """perturb -> statistics -> publish -> manifest, with the release pending in
+    the ledger from before the first write until it is committed or rolled back."""
+    staging = staging_location(config.output.root, run_id)
     direct = config.output.table is not None or config.output.format in TRANSACTIONAL_FORMATS
     if config.job.id_column and direct:
         # The table goes live with its write: keys are checked on the input first.
@@ -307,62 +326,90 @@ def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_i
             check_unique_ids(plan.frame, config.job.id_column)
     manifest = _manifest(spark, config, plan, seed, run_id, locations)
     storage.write_text(locations["manifest"], json.dumps(manifest, indent=2, default=str))
-    recorded_at = _now()
-    ledger.record(run_id, [
-        LedgerEntry.of(release, run_id=run_id, dataset=dataset, partition=partition,
-                       seed_fingerprint=seed.fingerprint, row_key=row_key_label(config.job.id_column),
-                       recorded_at=recorded_at)
-        for release in plan.releases
-    ])
-    published = False
+    _record_pending(ledger, config, plan, seed, run_id)
     try:
-        perturbation = perturb(plan.frame, plan.perturbers, statistics=True, malformed=plan.input.malformed)
-        combined = perturbation.combined.persist()
-        try:
-            if direct:
-                # The table goes live with this write: from here on the release counts.
-                write_journal(staging, run_id, [])
-            with timer("perturb and write the table"), phase(spark, run_id, "perturb and write table"):
-                staged_table = _write_table(perturbation.data, config, staging, locations["table"])
-            if config.job.id_column and not direct:
-                # Checked on the pass just computed (cached), before anything is published.
-                with timer("check that row keys are unique"), phase(spark, run_id, "check row keys"):
-                    check_unique_ids(perturbation.data, config.job.id_column)
-            with timer("sum the statistics"), phase(spark, run_id, "sum statistics"):
-                summed = collect_statistics(perturbation.stat_rows, perturbation.outputs,
-                                            len(plan.runtime.vocabulary), config.job.min_count)
-        finally:
-            combined.unpersist()
+        staged_table, summed = _perturb_and_write(spark, config, plan, run_id, staging, locations, timer, direct)
         with timer("plausible deniability"):
             reports = _reports(config, plan, summed)
         with timer("write statistics"):
-            moves = _stage_statistics(config, run_id, dataset, plan, reports, staging, locations)
+            moves = _stage_statistics(config, run_id, plan, reports, staging, locations)
         if staged_table is not None:
             moves = table_moves(staged_table, locations["table"], storage.join(staging, "previous", "table"),
                                 bool(config.output.partition_by)) + moves
         with timer("publish"):
-            write_journal(staging, run_id, moves)
-            published = True
-            publish(staging)
-            ledger.set_status(run_id, COMMITTED)
-            storage.delete(staging)
+            _publish(staging, run_id, moves, ledger)
     except BaseException as error:
-        failure = translate_failure(error)
-        if not published and not storage.exists(storage.join(staging, "journal.json")):
-            storage.delete(staging)
-            ledger.set_status(run_id, ROLLED_BACK)
-        manifest.update(status="failed", finished_at=_now(), error=f"{type(failure).__name__}: {failure}",
-                        phases_seconds=timer.laps)
-        storage.write_text(locations["manifest"], json.dumps(manifest, indent=2, default=str))
-        log.error("run %s failed: %s", run_id, failure)
-        if failure is error:
-            raise
-        raise failure from None
-    statistics = {report.column.output_name: report.statistics for report in reports}
+        raise _failed(error, staging, run_id, ledger, manifest, locations, timer) from None
     first = reports[0].statistics
     manifest.update(status="succeeded", finished_at=_now(), rows=first.rows + first.null_rows,
                     phases_seconds=timer.laps, columns=_manifest_columns(reports))
     storage.write_text(locations["manifest"], json.dumps(manifest, indent=2, default=str))
+    _log_columns(reports)
+    statistics = {report.column.output_name: report.statistics for report in reports}
+    return RunResult(run_id, "succeeded", locations, manifest, plan.totals, statistics)
+
+
+def _record_pending(ledger: LedgerStore, config: Config, plan: _Plan, seed: Seed, run_id: str) -> None:
+    """The run's releases, recorded before anything can change: they count until committed or rolled back."""
+    recorded_at = _now()
+    ledger.record(run_id, [
+        LedgerEntry.of(release, run_id=run_id, dataset=config.input.dataset_name,
+                       partition=canonical_partition(plan.selection), seed_fingerprint=seed.fingerprint,
+                       row_key=row_key_label(config.job.id_column), recorded_at=recorded_at)
+        for release in plan.releases
+    ])
+
+
+def _perturb_and_write(spark: SparkSession, config: Config, plan: _Plan, run_id: str, staging: str,
+                       locations: dict[str, str], timer: _Timer, direct: bool) -> tuple[str | None, dict[str, Any]]:
+    """One pass: the table written (staged, or in place for catalog and
+    transactional outputs), row keys checked, statistics summed, all from
+    the same persisted pass."""
+    perturbation = perturb(plan.frame, plan.perturbers, statistics=True, malformed=plan.input.malformed)
+    combined = perturbation.combined.persist()
+    try:
+        if direct:
+            # The table goes live with this write: from here on the release counts.
+            write_journal(staging, run_id, [])
+        with timer("perturb and write the table"), phase(spark, run_id, "perturb and write table"):
+            staged_table = _write_table(perturbation.data, config, staging)
+        if config.job.id_column and not direct:
+            # Checked on the pass just computed (cached), before anything is published.
+            with timer("check that row keys are unique"), phase(spark, run_id, "check row keys"):
+                check_unique_ids(perturbation.data, config.job.id_column)
+        with timer("sum the statistics"), phase(spark, run_id, "sum statistics"):
+            summed = collect_statistics(perturbation.stat_rows, perturbation.outputs,
+                                        len(plan.runtime.vocabulary), config.job.min_count)
+    finally:
+        combined.unpersist()
+    return staged_table, summed
+
+
+def _publish(staging: str, run_id: str, moves: list[Move], ledger: LedgerStore) -> None:
+    """Journal the moves, perform them, commit the ledger entry. From the
+    journal on, an interrupted run is finished by the next one, not rolled back."""
+    write_journal(staging, run_id, moves)
+    publish(staging)
+    ledger.set_status(run_id, COMMITTED)
+    storage.delete(staging)
+
+
+def _failed(error: BaseException, staging: str, run_id: str, ledger: LedgerStore, manifest: dict[str, Any],
+            locations: dict[str, str], timer: _Timer) -> BaseException:
+    """Roll back what never went live, record the failure, and return the
+    error as the user should see it."""
+    failure = translate_failure(error)
+    if not storage.exists(storage.join(staging, JOURNAL)):
+        storage.delete(staging)
+        ledger.set_status(run_id, ROLLED_BACK)
+    manifest.update(status="failed", finished_at=_now(), error=f"{type(failure).__name__}: {failure}",
+                    phases_seconds=timer.laps)
+    storage.write_text(locations["manifest"], json.dumps(manifest, indent=2, default=str))
+    log.error("run %s failed: %s", run_id, failure)
+    return failure
+
+
+def _log_columns(reports: list[ColumnReport]) -> None:
     for report in reports:
         s = report.statistics
         log.info("column %s: %d rows, %d tokens, %d perturbed, %d outside the vocabulary, substitution rate %.3f",
@@ -370,10 +417,9 @@ def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_i
         if report.column.oov == "keep" or s.unprotected:
             log.warning("column %s: %d token(s) outside the vocabulary released unprotected, as written (oov = %s)",
                         report.column.output_name, s.unprotected, report.column.oov)
-    return RunResult(run_id, "succeeded", locations, manifest, plan.totals, statistics)
 
 
-def _write_table(data: DataFrame, config: Config, staging: str, table: str) -> str | None:
+def _write_table(data: DataFrame, config: Config, staging: str) -> str | None:
     """Write the table: into staging (returned), or, for catalog tables and
     transactional formats, in place through the format's own commit (None)."""
     output = config.output
@@ -381,19 +427,14 @@ def _write_table(data: DataFrame, config: Config, staging: str, table: str) -> s
     if output.partition_by:
         writer = writer.partitionBy(*output.partition_by)
     if output.table:
-        if output.mode == "error" and data.sparkSession.catalog.tableExists(output.table):
-            raise InputError(f"output table {output.table} exists and output.mode is 'error'")
-        exists = data.sparkSession.catalog.tableExists(output.table)
-        if exists:
+        if data.sparkSession.catalog.tableExists(output.table):
             # insertInto matches columns by position: put them in the table's order.
             data.select(*data.sparkSession.table(output.table).columns).write.insertInto(output.table, overwrite=True)
         else:
             writer.saveAsTable(output.table)
         return None
-    if output.mode == "error" and storage.exists(table):
-        raise InputError(f"output table {table} exists and output.mode is 'error'")
     if output.format in TRANSACTIONAL_FORMATS:
-        writer.mode("overwrite").option("partitionOverwriteMode", "dynamic").save(table)
+        writer.mode("overwrite").option("partitionOverwriteMode", "dynamic").save(output.location("table"))
         return None
     staged = storage.join(staging, "table")
     writer.mode("error").save(staged)
@@ -440,12 +481,13 @@ def _calibration_row(table: str, mechanism: Any) -> dict[str, Any] | None:
     return {k: float(rows.iloc[0][k]) for k in keys}
 
 
-def _stage_statistics(config: Config, run_id: str, dataset: str, plan: _Plan, reports: list[ColumnReport],
+def _stage_statistics(config: Config, run_id: str, plan: _Plan, reports: list[ColumnReport],
                       staging: str, locations: dict[str, str]) -> list[Move]:
     min_count = config.job.min_count
     pairs, rates = substitution_tables(run_id, reports, plan.runtime.vocabulary.words, min_count)
     frames = {
-        "privacy_stats": privacy_stats(run_id, dataset, partition_label(plan.selection), reports, min_count),
+        "privacy_stats": privacy_stats(run_id, config.input.dataset_name, partition_label(plan.selection), reports,
+                                       min_count),
         "substitution_stats": pairs,
         "substitution_rates": rates,
     }

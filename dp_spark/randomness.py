@@ -23,6 +23,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _ALL_BITS = np.uint64(2**64 - 1)
+_SHIFT1, _SHIFT2, _SHIFT3 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 class TokenRandom(ABC):
@@ -43,6 +44,55 @@ class TokenRandom(ABC):
     def restrict(self, rows: np.ndarray) -> "TokenRandom":
         """The source for a subset of the tokens (``rows`` indexes them)."""
 
+    @abstractmethod
+    def uniform_columns(self, stream: int, columns: int, dtype: type = np.float64) -> "UniformColumns":
+        """The matrix ``uniform(stream, columns, dtype)`` would return, the
+        same numbers, read a column at a time: a sampler that needs the
+        first k_i columns of row i asks for column j of the rows with
+        k_i > j only, and a keyed source computes nothing else."""
+
+
+class UniformColumns(ABC):
+    """Column-wise access to a (rows x columns) matrix of uniforms."""
+
+    @abstractmethod
+    def permuted(self, order: np.ndarray) -> "UniformColumns":
+        """The same matrix with its rows in ``order``."""
+
+    @abstractmethod
+    def column(self, index: int, rows: int) -> np.ndarray:
+        """Column ``index`` of the first ``rows`` rows (a new array)."""
+
+
+class _MatrixColumns(UniformColumns):
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = matrix
+
+    def permuted(self, order: np.ndarray) -> "_MatrixColumns":
+        # Rows gathered as one item each: 2-D fancy indexing copies element by element, ~5x slower.
+        rows = self.matrix.view(np.dtype((np.void, self.matrix.shape[1] * self.matrix.itemsize)))[:, 0]
+        return _MatrixColumns(rows[order].view(self.matrix.dtype).reshape(len(order), self.matrix.shape[1]))
+
+    def column(self, index: int, rows: int) -> np.ndarray:
+        return self.matrix[:rows, index].copy()
+
+
+class _KeyedColumns(UniformColumns):
+    """Column j of row i is open(mix(base_i + (j + 1) golden)), as in
+    ``KeyedRandom.uniform``: computed for the rows asked for only."""
+
+    def __init__(self, base: np.ndarray, dtype: type) -> None:
+        self.base = base
+        self.dtype = dtype
+
+    def permuted(self, order: np.ndarray) -> "_KeyedColumns":
+        return _KeyedColumns(self.base[order], self.dtype)
+
+    def column(self, index: int, rows: int) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            words = self.base[:rows] + np.uint64(index + 1) * _GOLDEN
+        return open_unit_interval(_mix64_in_place(words), self.dtype)
+
 
 class GeneratorRandom(TokenRandom):
     def __init__(self, generator: np.random.Generator, size: int) -> None:
@@ -60,6 +110,9 @@ class GeneratorRandom(TokenRandom):
     def restrict(self, rows: np.ndarray) -> "GeneratorRandom":
         return GeneratorRandom(self.generator, len(rows))
 
+    def uniform_columns(self, stream: int, columns: int, dtype: type = np.float64) -> UniformColumns:
+        return _MatrixColumns(self.uniform(stream, columns, dtype))
+
 
 class KeyedRandom(TokenRandom):
     """Counter-based draws: u = mix(mix(key + stream) + column), mix being
@@ -74,12 +127,18 @@ class KeyedRandom(TokenRandom):
 
     def uniform(self, stream: int, columns: int, dtype: type = np.float64) -> np.ndarray:
         with np.errstate(over="ignore"):
-            base = mix64(self.token_keys + np.uint64(stream + 1) * _GOLDEN)
-            words = base[:, None] + np.arange(1, columns + 1, dtype=np.uint64)[None, :] * _GOLDEN
-        return open_unit_interval(mix64(words), dtype)
+            words = self._base(stream)[:, None] + np.arange(1, columns + 1, dtype=np.uint64)[None, :] * _GOLDEN
+        return open_unit_interval(_mix64_in_place(words), dtype)
 
     def restrict(self, rows: np.ndarray) -> "KeyedRandom":
         return KeyedRandom(self.token_keys[rows])
+
+    def uniform_columns(self, stream: int, columns: int, dtype: type = np.float64) -> UniformColumns:
+        return _KeyedColumns(self._base(stream), dtype)
+
+    def _base(self, stream: int) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return _mix64_in_place(self.token_keys + np.uint64(stream + 1) * _GOLDEN)
 
 
 def open_unit_interval(words: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -89,10 +148,15 @@ def open_unit_interval(words: np.ndarray, dtype: type = np.float64) -> np.ndarra
     is representable and never rounds up to 1 (with b = 53, as in
     ``Generator.random``, it would: one word in 2^53 gave exactly 1.0)."""
     if dtype == np.float32:
-        top = (words >> np.uint64(41)).astype(np.float32)
-        return (top + np.float32(0.5)) * np.float32(2.0**-23)
+        # Through int32: numpy converts it to float32 with SIMD, uint64 one by one.
+        top = (words >> np.uint64(41)).astype(np.int32).astype(np.float32)
+        top += np.float32(0.5)
+        top *= np.float32(2.0**-23)
+        return top
     top = (words >> np.uint64(12)).astype(np.float64)
-    return (top + 0.5) * 2.0**-52
+    top += 0.5
+    top *= 2.0**-52
+    return top
 
 
 def as_token_random(rng: np.random.Generator | TokenRandom, size: int) -> TokenRandom:
@@ -107,11 +171,21 @@ def as_token_random(rng: np.random.Generator | TokenRandom, size: int) -> TokenR
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    x = np.asarray(x, dtype=np.uint64)
+    return _mix64_in_place(np.array(x, dtype=np.uint64))[()]  # [()]: a scalar for a scalar
+
+
+def _mix64_in_place(x: np.ndarray) -> np.ndarray:
+    """``mix64`` overwriting its uint64 argument: in place, with one
+    temporary, it runs at 3 ns a word instead of 5 (no array per step)."""
+    shifted = np.empty_like(x)
     with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _MIX1
-        x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
+        for shift, multiplier in ((_SHIFT1, _MIX1), (_SHIFT2, _MIX2)):
+            np.right_shift(x, shift, out=shifted)
+            x ^= shifted
+            x *= multiplier
+        np.right_shift(x, _SHIFT3, out=shifted)
+        x ^= shifted
+    return x
 
 
 def derive_key(secret: bytes, *parts: object) -> int:
@@ -148,4 +222,4 @@ def token_keys(row_keys: np.ndarray, tokens_per_row: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         keyed = np.repeat(np.asarray(row_keys, dtype=np.uint64), tokens_per_row)
         keyed = keyed + (positions.astype(np.uint64) + np.uint64(1)) * _GOLDEN
-    return mix64(keyed)
+    return _mix64_in_place(keyed)

@@ -97,3 +97,28 @@ def test_derive_key_is_keyed_and_labelled():
     assert derive_key(b"secret", "text", 1) == derive_key(b"secret", "text", 1)
     assert derive_key(b"secret", "text", 1) != derive_key(b"secret", "text", 2)
     assert derive_key(b"secret", "text", 1) != derive_key(b"other", "text", 1)
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_uniform_columns_read_the_matrix_uniform_returns(keyed, dtype):
+    def source():
+        if keyed:
+            return KeyedRandom(np.arange(50, dtype=np.uint64) * 7919)
+        return GeneratorRandom(np.random.default_rng(4), 50)
+
+    matrix = source().uniform(2, 6, dtype)
+    columns = source().uniform_columns(2, 6, dtype)
+    order = np.random.default_rng(0).permutation(50)
+    permuted = columns.permuted(order)
+    for j in range(6):
+        np.testing.assert_array_equal(columns.column(j, 50), matrix[:, j])
+        np.testing.assert_array_equal(permuted.column(j, 20), matrix[order[:20], j])
+        assert permuted.column(j, 20).dtype == dtype
+
+
+def test_mix64_of_a_scalar_is_a_scalar():
+    from dp_spark.randomness import mix64
+
+    assert isinstance(mix64(np.uint64(7)), np.uint64)
+    assert mix64(np.uint64(7)) == mix64(np.array([7], np.uint64))[0]

@@ -56,6 +56,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dp_spark.randomness import mix64
+
 ENTITY_TYPES = ("url", "email", "phone", "num")
 ENTITY_PATTERNS = {
     "url": r"""\b(?:(?i:https?|ftp)://|(?i:www)\.)[^\s\p{Z}<>"']*[^\s\p{Z}<>"'.,;:!?)\]}]""",
@@ -460,45 +462,160 @@ def has_word_character(tokens: pa.Array) -> np.ndarray:
 
 class Vocabulary:
     """Token strings to vocabulary ids and back, for whole Arrow arrays.
-    ``clitics``: which ids are clitics ("'s", "n't", ...)."""
+    ``clitics``: which ids are clitics ("'s", "n't", ...).
+
+    Lookups go by the bytes: an ASCII token (nearly every token of English
+    text) is lowercased byte-wise and found by a 64-bit key in one hash
+    lookup, with no Python string made; the few tokens with other bytes
+    take the Unicode path (lowercasing, NFKC) on Arrow strings."""
 
     def __init__(self, words: np.ndarray) -> None:
         self.words = pa.array(np.asarray(words, dtype=object), type=pa.string())
         self._lookup = pd.Index(np.asarray(words, dtype=object))
         self.clitics = np.asarray(self._lookup.isin(CLITICS), dtype=bool)
+        self._keys = _ByteKeys(self.words)
 
     def __len__(self) -> int:
         return len(self.words)
 
-    def ids(self, tokens: pa.Array) -> np.ndarray:
-        """Ids (int64) of tokens, matched lowercased, and those not found
-        matched again by their NFKC form (decomposed accents, ligatures,
-        fullwidth letters); -1 outside the vocabulary. Tokens are Zipfian:
-        each distinct token is lowercased and looked up once per batch, and
-        only distinct non-ASCII ones not found are normalised."""
-        if len(tokens) == 0:
+    def ids(self, tokens: pa.Array, positions: np.ndarray | None = None) -> np.ndarray:
+        """Ids (int64) of the tokens (of ``tokens[positions]``, positions
+        increasing), matched lowercased, and those not found matched again
+        by their NFKC form (decomposed accents, ligatures, fullwidth
+        letters); -1 outside the vocabulary."""
+        if isinstance(tokens, pa.ChunkedArray):
+            tokens = tokens.combine_chunks()
+        tokens = pc.fill_null(tokens, "") if tokens.null_count else tokens
+        offsets, raw, _ = _text_bytes(tokens)
+        if positions is None:
+            positions = np.arange(len(tokens))
+        if len(positions) == 0:
             return np.zeros(0, dtype=np.int64)
+        starts, ends = offsets[positions], offsets[positions + 1]
+        ids = self._keys.find(_lowercase_padded(raw), starts, ends - starts)
+        # NUL too: an ASCII key cannot tell "a" from "a\0".
+        special = np.flatnonzero((raw >= 0x80) | (raw == 0))
+        if len(special):
+            holder = np.searchsorted(starts, special, side="right") - 1
+            unicode = np.unique(holder[(holder >= 0) & (special < ends[np.maximum(holder, 0)])])
+            if len(unicode):
+                ids[unicode] = self._unicode_ids(tokens.take(pa.array(positions[unicode])))
+        return ids
+
+    def _unicode_ids(self, tokens: pa.Array) -> np.ndarray:
+        """``ids`` of tokens by their strings, each distinct token lowercased
+        and looked up once, and those not found normalised (NFKC)."""
         encoded = pc.dictionary_encode(tokens)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
         distinct = encoded.dictionary
         distinct_ids = self._lookup.get_indexer(
             pc.utf8_lower(distinct).to_numpy(zero_copy_only=False)
         ).astype(np.int64)
         missing = np.flatnonzero(distinct_ids < 0)
         if len(missing):
-            candidates = distinct.take(pa.array(missing))
-            non_ascii = ~np.asarray(pc.string_is_ascii(candidates).to_numpy(zero_copy_only=False), dtype=bool)
-            if non_ascii.any():
-                normalised = pc.utf8_lower(pc.utf8_normalize(candidates.filter(pa.array(non_ascii)), "NFKC"))
-                distinct_ids[missing[non_ascii]] = self._lookup.get_indexer(
-                    normalised.to_numpy(zero_copy_only=False)
-                )
-        indices = encoded.indices.to_numpy(zero_copy_only=False)
-        return distinct_ids[indices]
+            normalised = pc.utf8_lower(pc.utf8_normalize(distinct.take(pa.array(missing)), "NFKC"))
+            distinct_ids[missing] = self._lookup.get_indexer(normalised.to_numpy(zero_copy_only=False))
+        return distinct_ids[encoded.indices.to_numpy(zero_copy_only=False)]
 
     def strings(self, ids: np.ndarray) -> pa.Array:
         return self.words.take(pa.array(ids, type=pa.int64()))
+
+
+# Masks keeping the first n bytes of a little-endian 64-bit word, n = 0..8.
+_PREFIX_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1], dtype=np.uint64)
+_LONG_KEY = np.uint64(1 << 63)
+_KEY_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class _ByteKeys:
+    """Vocabulary ids by a 64-bit key of the entry's bytes, for the entries
+    made of ASCII bytes other than NUL: up to 8 bytes, the key is the bytes
+    themselves (exact, top bit clear); longer, a hash of them with the top
+    bit set, and a hit is checked against the entry's bytes, so a lookup
+    never mistakes one token for another. Other entries get keys no such
+    token has (0x80 in the first byte), so that index positions are ids."""
+
+    def __init__(self, words: pa.Array) -> None:
+        offsets, raw, _ = _text_bytes(words)
+        self._padded = np.concatenate([raw, np.zeros(8, np.uint8)])
+        self._starts = offsets[:-1]
+        self._lengths = np.diff(offsets)
+        special = np.diff(np.concatenate([[0], np.cumsum((raw >= 0x80) | (raw == 0))])[offsets])
+        other = np.flatnonzero(special > 0)
+        self.longest = int(self._lengths.max(initial=0))
+        # A salt under which no two long entries share a hash (nearly always the first).
+        for salt in range(1 << 16):
+            self._salt = np.uint64(salt)
+            keys = self._keys(self._padded, self._starts, self._lengths)
+            keys[other] = np.uint64(0x80) | (np.arange(len(other), dtype=np.uint64) << np.uint64(8))
+            self._index = pd.Index(keys)
+            if self._index.is_unique:
+                break
+
+    def _keys(self, padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        keys = _bytes_at(padded, starts)
+        keys &= _PREFIX_MASKS[np.minimum(lengths, 8)]
+        long = np.flatnonzero(lengths > 8)
+        if len(long):
+            long_starts, long_lengths = starts[long], lengths[long]
+            hashed = mix64(keys[long] ^ (long_lengths.astype(np.uint64) * _KEY_GOLDEN + self._salt))
+            for offset in range(8, int(long_lengths.max()), 8):
+                more = np.flatnonzero(long_lengths > offset)
+                chunk = _bytes_at(padded, long_starts[more] + offset)
+                chunk &= _PREFIX_MASKS[np.minimum(long_lengths[more] - offset, 8)]
+                hashed[more] = mix64(hashed[more] ^ chunk)
+            keys[long] = hashed | _LONG_KEY
+        return keys
+
+    def find(self, padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Ids of the byte spans (starts, lengths) of ``padded`` (8 zero
+        bytes at its end), -1 where no entry has the same bytes. The caller
+        sends spans with other bytes than ASCII without NUL elsewhere."""
+        # Longer than any entry: hashed as if one byte longer, and refused by the byte check.
+        ids = self._index.get_indexer(self._keys(padded, starts, np.minimum(lengths, self.longest + 1)))
+        long = np.flatnonzero((lengths > 8) & (ids >= 0))
+        if len(long):
+            ids[long[~self._same_bytes(padded, starts[long], lengths[long], ids[long])]] = -1
+        return ids.astype(np.int64, copy=False)
+
+    def _same_bytes(self, padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        same = self._lengths[ids] == lengths  # so no span longer than the longest entry is read further
+        for offset in range(0, min(int(lengths.max(initial=0)), self.longest), 8):
+            check = np.flatnonzero(same & (lengths > offset))
+            mask = _PREFIX_MASKS[np.minimum(lengths[check] - offset, 8)]
+            token = _bytes_at(padded, starts[check] + offset) & mask
+            entry = _bytes_at(self._padded, self._starts[ids[check]] + offset) & mask
+            same[check[token != entry]] = False
+        return same
+
+
+def _bytes_at(padded: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The 8 bytes at each position as a little-endian uint64 (unaligned
+    reads; ``padded`` ends with 8 zero bytes)."""
+    words = np.ndarray((len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    return words[positions]  # not np.take, which first copies an unaligned array whole
+
+
+def _lowercase_padded(raw: np.ndarray) -> np.ndarray:
+    """``raw`` with ASCII A-Z lowercased and 8 zero bytes appended."""
+    out = np.zeros(len(raw) + 8, np.uint8)
+    upper = (raw - np.uint8(ord("A"))) < 26
+    np.add(raw, upper.view(np.uint8) << 5, out=out[: len(raw)])
+    return out
+
+
+def might_be_cased(tokens: pa.Array, positions: np.ndarray) -> np.ndarray:
+    """For ``tokens[positions]`` (positions increasing): True where the
+    token has an ASCII uppercase letter or a non-ASCII character, the only
+    tokens whose substitutes ``match_case`` can change (the others are
+    lowercase or caseless), found from the bytes without a string made."""
+    offsets, raw, _ = _text_bytes(tokens)
+    starts, ends = offsets[positions], offsets[positions + 1]
+    flagged = np.flatnonzero(((raw - np.uint8(ord("A"))) < 26) | (raw >= 0x80))
+    holder = np.searchsorted(starts, flagged, side="right") - 1
+    inside = (holder >= 0) & (flagged < ends[np.maximum(holder, 0)])
+    cased = np.zeros(len(positions), dtype=bool)
+    cased[holder[inside]] = True
+    return cased
 
 
 def match_case(originals: pa.Array, substitutes: pa.Array) -> pa.Array:

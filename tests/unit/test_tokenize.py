@@ -15,6 +15,7 @@ from dp_spark.tokenize import (
     entity_types,
     has_word_character,
     match_case,
+    might_be_cased,
     segment,
     word_entries,
 )
@@ -219,6 +220,46 @@ def test_vocabulary_lookup_normalises_unicode():
     tokens = pa.array(["Jose\u0301", "ﬁnance", "Ｔｈｅ", "½", "zzz", "José"])
     assert vocabulary.ids(tokens).tolist() == [0, 1, 2, 3, -1, 0]
     assert vocabulary.clitics.tolist() == [False, False, False, False, True]
+
+
+def string_lookup(words, tokens):
+    """The lookup by strings: lowercased, then NFKC for those not found."""
+    index = {word: i for i, word in enumerate(words)}
+    out = []
+    for token in tokens:
+        found = index.get(token.lower(), -1)
+        if found < 0 and not token.isascii():
+            found = index.get(unicodedata.normalize("NFKC", token).lower(), -1)
+        out.append(found)
+    return out
+
+
+def test_byte_lookup_agrees_with_the_string_lookup():
+    words = ["the", "a", "representative", "representatives", "internationalization", "abcdefgh", "abcdefghi",
+             "josé", "'s", "n't", "x" * 30, "Upper", "a\x00b", "ééééééééé"]
+    tokens = (
+        words + [w.upper() for w in words] + [w + "q" for w in words] + [w[:-1] for w in words]
+        + ["", "A", "\x00", "a\x00", "REPRESENTATIVE", "representativf", "representativeS", "x" * 31, "x" * 29,
+           "Jose\u0301", "Ｔｈｅ", "upper", "UPPER", "a\x00B", "ÉÉÉÉÉÉÉÉÉ", "y" * 200]
+    )
+    vocabulary = Vocabulary(np.array(words, dtype=object))
+    expected = string_lookup(words, tokens)
+    assert vocabulary.ids(pa.array(tokens)).tolist() == expected
+    positions = np.arange(1, len(tokens), 3)
+    assert vocabulary.ids(pa.array(tokens), positions).tolist() == [expected[i] for i in positions]
+    sliced = pa.array(["pad"] + tokens).slice(1)
+    assert vocabulary.ids(sliced.cast(pa.large_string())).tolist() == expected
+
+
+def test_might_be_cased_finds_every_token_match_case_can_change():
+    tokens = pa.array(["skip", "the", "Paris", "nasa", "NASA", "42", "éclair", "Éclair", "x", "mIxed", "ok"])
+    positions = np.arange(1, len(tokens))
+    cased = might_be_cased(tokens, positions)
+    assert cased.tolist() == [False, True, False, True, False, True, True, False, True, False]
+    words = tokens.take(pa.array(positions))
+    substitutes = pa.array(["sub"] * len(positions))
+    changed = np.array(match_case(words, substitutes).to_pylist()) != "sub"
+    assert not (changed & ~cased).any()
 
 
 def test_match_case():

@@ -24,6 +24,7 @@ from dp_spark.tokenize import (
     entity_types,
     has_word_character,
     match_case,
+    might_be_cased,
     segment,
 )
 
@@ -64,93 +65,70 @@ class ColumnPerturbation:
             return self._apply_to_strings(column, random_for, statistics)
         return self._apply_to_token_lists(column, random_for, statistics)
 
-    def _replacements(
-        self, words: pa.Array, ids: np.ndarray, new_ids: np.ndarray, clitic: np.ndarray, base: int
-    ) -> tuple[list[pa.Array], np.ndarray]:
-        """Strings to append to a pool of ``base`` strings, and for each word
-        the pool index of its output (-1: the word stays as written).
-        Dropped OOV words point at an empty string. A clitic (``clitic``)
-        whose output is not a clitic is written after a space, so that it
-        never glues to its stem ("Bush's" -> "Bush the", not "Bushthe")."""
+    def _word_targets(
+        self, pool: "_Pool", tokens: pa.Array, positions: np.ndarray, ids: np.ndarray, new_ids: np.ndarray,
+        clitic: np.ndarray,
+    ) -> np.ndarray:
+        """For each word (``tokens[positions]``) the pool index of its
+        output, -1 where it stays as written; the replacements go into
+        ``pool``. Substitutes are the vocabulary's own strings, recased like
+        the words they replace (only words with an uppercase or non-ASCII
+        letter are looked at); dropped OOV words point at an empty string.
+        A clitic (``clitic``) whose output is not a clitic is written after
+        a space, so that it never glues to its stem ("Bush's" -> "Bush the",
+        not "Bushthe")."""
+        where = np.full(len(ids), -1, dtype=np.int64)
         changed = np.flatnonzero((ids >= 0) & (new_ids != ids))
-        substitutes = match_case(
-            words.take(pa.array(changed)), self.vocabulary.strings(new_ids[changed])
-        ).cast(pa.string())
-        pieces = [substitutes]
-        where = np.full(len(words), -1, dtype=np.int64)
-        where[changed] = base + np.arange(len(changed))
-        apart = np.flatnonzero(clitic[changed] & ~self.vocabulary.clitics[new_ids[changed]])
-        if len(apart):
-            pieces.append(_after_space(substitutes.take(pa.array(apart))))
-            where[changed[apart]] = base + len(changed) + np.arange(len(apart))
-        offset = base + sum(len(piece) for piece in pieces)
+        if len(changed):
+            where[changed] = pool.add(self.vocabulary.words) + new_ids[changed]
+            cased = changed[might_be_cased(tokens, positions[changed])]
+            if len(cased):
+                where[cased] = pool.add(self._recased(tokens, positions[cased], new_ids[cased])) + np.arange(len(cased))
+            apart = changed[clitic[changed] & ~self.vocabulary.clitics[new_ids[changed]]]
+            if len(apart):
+                substitutes = _after_space(self._recased(tokens, positions[apart], new_ids[apart]))
+                where[apart] = pool.add(substitutes) + np.arange(len(apart))
         outside = ids < 0
-        if self.oov == "replace":
-            pieces.append(pa.array([self.placeholder, " " + self.placeholder], pa.string()))
-            where[outside] = offset + clitic[outside]
-        elif self.oov == "drop":
-            pieces.append(pa.array([""], pa.string()))
-            where[outside] = offset
-        return pieces, where
+        if self.oov == "replace" and outside.any():
+            where[outside] = pool.add(pa.array([self.placeholder, " " + self.placeholder], pa.string())) + clitic[outside]
+        elif self.oov == "drop" and outside.any():
+            where[outside] = pool.add(pa.array([""], pa.string()))
+        return where
+
+    def _recased(self, tokens: pa.Array, positions: np.ndarray, new_ids: np.ndarray) -> pa.Array:
+        return match_case(tokens.take(pa.array(positions)), self.vocabulary.strings(new_ids))
 
     def _unprotected(self, ids: np.ndarray) -> int:
         """Tokens written out as they came although the mechanism never saw them."""
         return int((ids < 0).sum()) if self.oov == "keep" else 0
 
-    @staticmethod
-    def _assemble(
-        values: pa.Array,
-        pieces: list[pa.Array],
-        word_positions: np.ndarray,
-        where: np.ndarray,
-        entity_positions: np.ndarray,
-        entity_kinds: np.ndarray,
-    ) -> pa.Array:
-        """``values`` with the words at ``word_positions`` replaced by the
-        entries of the pool ``values`` + ``pieces`` that ``where`` points to
-        (-1: kept), and the entities at ``entity_positions`` by the
-        placeholders of their types: one take over the pool."""
-        pool = [values, *pieces, _ENTITY_PLACEHOLDERS]
-        placeholders_at = sum(len(array) for array in pool[:-1])
-        positions = np.concatenate([word_positions, entity_positions])
-        targets = np.concatenate([where, placeholders_at + entity_kinds.astype(np.int64)])
-        replaced = targets >= 0
-        if not replaced.any():
-            return values
-        source = np.arange(len(values), dtype=np.int64)
-        source[positions[replaced]] = targets[replaced]
-        return pa.concat_arrays(pool).take(pa.array(source))
-
     def _apply_to_strings(
         self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder
     ) -> pa.Array:
         segments = segment(column, entities=self.entities == "replace")
-        rows = len(column)
-        segment_rows = np.repeat(np.arange(rows), np.diff(segments.row_offsets))
         word_positions = np.flatnonzero(segments.is_word)
-        words = segments.values.take(pa.array(word_positions))
-        token_rows = segment_rows[word_positions]
-        ids = self.vocabulary.ids(words)
-        new_ids = self.mechanism.perturb(ids, random_for(np.bincount(token_rows, minlength=rows)))
-        values = segments.values.cast(pa.string())
-        pieces, where = self._replacements(words, ids, new_ids, segments.is_clitic[word_positions], len(values))
+        words_before = np.concatenate([[0], np.cumsum(segments.is_word)])
+        word_offsets = words_before[segments.row_offsets]
+        ids = self.vocabulary.ids(segments.values, word_positions)
+        new_ids = self.mechanism.perturb(ids, random_for(np.diff(word_offsets)))
+        pool = _Pool(segments.values)
+        where = self._word_targets(pool, segments.values, word_positions, ids, new_ids,
+                                   segments.is_clitic[word_positions])
         entity_positions = np.flatnonzero(segments.entity >= 0)
         kinds = segments.entity[entity_positions]
-        out_segments = self._assemble(values, pieces, word_positions, where, entity_positions, kinds)
-        joined = pc.binary_join(
-            pa.ListArray.from_arrays(pa.array(segments.row_offsets, pa.int32()), out_segments), ""
-        )
-        if not segments.valid.all():
-            joined = pc.if_else(pa.array(segments.valid), joined, pa.scalar(None, pa.string()))
+        replaced = np.concatenate([word_positions[where >= 0], entity_positions])
+        targets = np.concatenate([where[where >= 0], _entity_targets(pool, kinds)])
         statistics.add_batch(
             valid_rows=segments.valid,
-            token_rows=token_rows,
+            token_offsets=word_offsets,
             original_ids=ids,
             perturbed_ids=new_ids,
             unprotected=self._unprotected(ids),
             entities=_entity_counts(kinds),
         )
-        return joined.cast(column.type)
+        if not len(replaced):
+            return column
+        return pool.rewrite(segments.row_offsets, replaced, targets, segments.valid).cast(column.type)
 
     def _apply_to_token_lists(
         self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder
@@ -158,9 +136,10 @@ class ColumnPerturbation:
         rows = len(column)
         valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+        list_offsets = np.concatenate([[0], np.cumsum(lengths)])
         tokens = column.flatten().cast(pa.string())
-        token_rows = np.repeat(np.arange(rows), lengths)
-        ids = self.vocabulary.ids(pc.fill_null(tokens, ""))
+        filled = pc.fill_null(tokens, "") if tokens.null_count else tokens
+        ids = self.vocabulary.ids(filled)
         kinds = entity_types(tokens) if self.entities == "replace" else np.full(len(tokens), -1, np.int8)
         entity = kinds >= 0
         # Vocabulary entries are words unless they are entities; of the rest,
@@ -170,33 +149,101 @@ class ColumnPerturbation:
         outside = np.flatnonzero(~word & ~entity)
         word[outside] = has_word_character(tokens.take(pa.array(outside)))
         word_positions = np.flatnonzero(word)
-        every_token = len(word_positions) == len(tokens)
-        words = tokens if every_token else tokens.take(pa.array(word_positions))
-        word_ids = ids if every_token else ids[word_positions]
-        random = random_for(np.bincount(token_rows[word_positions], minlength=rows))
-        new_ids = self.mechanism.perturb(word_ids, random)
-        pieces, where = self._replacements(words, word_ids, new_ids, np.zeros(len(words), bool), len(tokens))
+        word_offsets = np.concatenate([[0], np.cumsum(word)])[list_offsets]
+        word_ids = ids[word_positions]
+        new_ids = self.mechanism.perturb(word_ids, random_for(np.diff(word_offsets)))
+        pool = _Pool(tokens)
+        where = self._word_targets(pool, filled, word_positions, word_ids, new_ids, np.zeros(len(word_ids), bool))
         entity_positions = np.flatnonzero(entity)
-        out_tokens = self._assemble(tokens, pieces, word_positions, where, entity_positions, kinds[entity_positions])
-        if self.oov == "drop" and (word_ids < 0).any():
-            keep_token = np.ones(len(tokens), dtype=bool)
-            keep_token[word_positions[word_ids < 0]] = False
-            out_tokens = out_tokens.filter(pa.array(keep_token))
-            lengths = np.bincount(token_rows[keep_token], minlength=rows)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        out = pa.ListArray.from_arrays(
-            pa.array(offsets), out_tokens, mask=pa.array(~valid) if not valid.all() else None
-        )
         statistics.add_batch(
             valid_rows=valid,
-            token_rows=token_rows[word_positions],
+            token_offsets=word_offsets,
             original_ids=word_ids,
             perturbed_ids=new_ids,
             skipped=len(tokens) - len(word_positions) - len(entity_positions),
             unprotected=self._unprotected(word_ids),
             entities=_entity_counts(kinds[entity_positions]),
         )
+        replaced = np.concatenate([word_positions[where >= 0], entity_positions])
+        if not len(replaced):
+            return column
+        targets = np.concatenate([where[where >= 0], _entity_targets(pool, kinds[entity_positions])])
+        source = np.arange(len(tokens), dtype=np.int64)
+        source[replaced] = targets
+        out_tokens = pool.take(source)
+        if self.oov == "drop" and (word_ids < 0).any():
+            keep_token = np.ones(len(tokens), dtype=bool)
+            keep_token[word_positions[word_ids < 0]] = False
+            out_tokens = out_tokens.filter(pa.array(keep_token))
+            list_offsets = np.concatenate([[0], np.cumsum(keep_token)])[list_offsets]
+        out = pa.ListArray.from_arrays(
+            pa.array(list_offsets.astype(np.int32)), out_tokens, mask=pa.array(~valid) if not valid.all() else None
+        )
         return out.cast(column.type)
+
+
+class _Pool:
+    """The strings an output is put together from: the input's own
+    strings (segments or tokens) first, then what replaces some of them;
+    one take over the pool writes the output."""
+
+    def __init__(self, strings: pa.Array) -> None:
+        self.arrays = [strings]
+        self.size = len(strings)
+
+    def add(self, strings: pa.Array) -> int:
+        """Append strings; returns the pool index of the first."""
+        start = self.size
+        self.arrays.append(strings.cast(self.arrays[0].type))
+        self.size += len(strings)
+        return start
+
+    def take(self, indices: np.ndarray) -> pa.Array:
+        return pa.concat_arrays(self.arrays).take(pa.array(indices))
+
+    def rewrite(self, row_offsets: np.ndarray, replaced: np.ndarray, targets: np.ndarray, valid: np.ndarray) -> pa.Array:
+        """Rows of the input segments (row i owns segments [row_offsets[i],
+        row_offsets[i + 1])) with segments ``replaced`` by the pool's
+        ``targets``, joined back into strings. Unchanged segments between
+        replacements are taken as one piece (a zero-copy slice of the
+        input), and the rows are offsets into the one take's output: the
+        text is copied once."""
+        segments = self.arrays[0]
+        count = len(segments)
+        boundary = np.zeros(count + 1, dtype=bool)
+        boundary[replaced] = True
+        boundary[replaced + 1] = True
+        boundary[row_offsets] = True
+        first_segments = np.flatnonzero(boundary[:count])
+        segment_offsets = _offsets(segments)
+        piece_offsets = np.append(segment_offsets[first_segments], segment_offsets[count])
+        pieces = type(segments).from_buffers(
+            len(first_segments), pa.py_buffer(piece_offsets), segments.buffers()[2]
+        )
+        source = np.arange(len(first_segments), dtype=np.int64)
+        replaced_pieces = np.searchsorted(first_segments, replaced)
+        source[replaced_pieces] = targets - count + len(first_segments)
+        self.arrays[0] = pieces
+        self.size += len(first_segments) - count
+        out = self.take(source)
+        row_pieces = np.searchsorted(first_segments, row_offsets)
+        offsets = _offsets(out)[row_pieces]
+        validity = None if valid.all() else pa.array(valid).buffers()[1]
+        return type(out).from_buffers(
+            len(row_offsets) - 1, pa.py_buffer(offsets), out.buffers()[2], validity, int((~valid).sum())
+        )
+
+
+def _offsets(strings: pa.Array) -> np.ndarray:
+    """The offsets of a (large_)string array's strings into its data buffer."""
+    offsets_type = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    return np.frombuffer(strings.buffers()[1], dtype=offsets_type)[strings.offset : strings.offset + len(strings) + 1]
+
+
+def _entity_targets(pool: _Pool, kinds: np.ndarray) -> np.ndarray:
+    if not len(kinds):
+        return np.zeros(0, np.int64)
+    return pool.add(_ENTITY_PLACEHOLDERS) + kinds.astype(np.int64)
 
 
 _ENTITY_PLACEHOLDERS = pa.array([ENTITY_PLACEHOLDERS[name] for name in ENTITY_TYPES], pa.string())

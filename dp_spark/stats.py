@@ -77,19 +77,20 @@ class ColumnStatistics:
         vocab_size: int,
         *,
         valid_rows: np.ndarray,
-        token_rows: np.ndarray,
+        token_offsets: np.ndarray,
         original_ids: np.ndarray,
         perturbed_ids: np.ndarray,
         skipped: int = 0,
         unprotected: int = 0,
         entities: Mapping[str, int] | None = None,
     ) -> "ColumnStatistics":
-        """Statistics of one batch: ``token_rows[i]`` is the row of token i,
-        ``original_ids``/``perturbed_ids`` its ids (-1 outside the vocabulary)."""
+        """Statistics of one batch: row r holds tokens [token_offsets[r],
+        token_offsets[r + 1]), ``original_ids``/``perturbed_ids`` are their
+        ids (-1 outside the vocabulary)."""
         builder = StatisticsBuilder(vocab_size)
         builder.add_batch(
             valid_rows=valid_rows,
-            token_rows=token_rows,
+            token_offsets=token_offsets,
             original_ids=original_ids,
             perturbed_ids=perturbed_ids,
             skipped=skipped,
@@ -155,11 +156,13 @@ class ColumnStatistics:
 
 
 class StatisticsBuilder:
-    """Accumulates batches cheaply (dense counters, pair codes kept aside) and
-    sorts once in ``build``: per batch only bincounts, no sorting or merging."""
+    """Accumulates batches cheaply and counts in ``build``: per batch only
+    the counters and a few bincounts over the batch; the ids seen and the
+    (original, substitute) pair codes are kept aside and counted when
+    ``COMPACT_AT`` tokens are pending (a vocabulary-sized bincount per batch
+    would cost more than the batch at 400k words)."""
 
-    # Pair codes are compacted into counts when this many are pending.
-    COMPACT_AT = 4_000_000
+    COMPACT_AT = 1_000_000
 
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
@@ -170,6 +173,7 @@ class StatisticsBuilder:
         self.per_row = np.zeros(1, np.int64)
         self.seen = np.zeros(vocab_size, np.int64)
         self.changed_words = np.zeros(vocab_size, np.int64)
+        self._pending_seen: list[np.ndarray] = []
         self._pending_pairs: list[np.ndarray] = []
         self._pending = 0
         self._pairs = _empty()
@@ -178,48 +182,55 @@ class StatisticsBuilder:
         self,
         *,
         valid_rows: np.ndarray,
-        token_rows: np.ndarray,
+        token_offsets: np.ndarray,
         original_ids: np.ndarray,
         perturbed_ids: np.ndarray,
         skipped: int = 0,
         unprotected: int = 0,
         entities: Mapping[str, int] | None = None,
     ) -> None:
-        """Count one batch: ``skipped`` tokens that are not words,
+        """Count one batch (row r holds tokens [token_offsets[r],
+        token_offsets[r + 1])): ``skipped`` tokens that are not words,
         ``unprotected`` OOV tokens passed through as written, ``entities``
         replaced per type (see ``ColumnStatistics``)."""
         in_vocabulary = original_ids >= 0
         changed = in_vocabulary & (perturbed_ids != original_ids)
+        perturbed = int(in_vocabulary.sum())
         counters = self.counters
-        counters["rows"] += int(valid_rows.sum())
-        counters["null_rows"] += int(len(valid_rows) - valid_rows.sum())
+        rows = int(valid_rows.sum())
+        counters["rows"] += rows
+        counters["null_rows"] += len(valid_rows) - rows
         counters["tokens"] += len(original_ids)
-        counters["perturbed"] += int(in_vocabulary.sum())
-        counters["oov"] += int(len(original_ids) - in_vocabulary.sum())
-        counters["changed"] += int(changed.sum())
+        counters["perturbed"] += perturbed
+        counters["oov"] += len(original_ids) - perturbed
         counters["skipped"] += skipped
         counters["unprotected"] += unprotected
         if entities:
             self.entities = add_named_counts(self.entities, entities)
-        per_row = np.bincount(token_rows[in_vocabulary], minlength=len(valid_rows))[valid_rows]
+        in_vocabulary_before = np.concatenate([[0], np.cumsum(in_vocabulary)])
+        per_row = np.diff(in_vocabulary_before[token_offsets])[valid_rows]
         row_counts = np.bincount(per_row)
         if len(row_counts) > len(self.per_row):
             row_counts[: len(self.per_row)] += self.per_row
             self.per_row = row_counts
         else:
             self.per_row[: len(row_counts)] += row_counts
-        self.seen += np.bincount(original_ids[in_vocabulary], minlength=self.vocab_size)
-        originals = original_ids[changed]
-        self.changed_words += np.bincount(originals, minlength=self.vocab_size)
-        self._pending_pairs.append(originals * self.vocab_size + perturbed_ids[changed])
-        self._pending += len(originals)
+        self._pending_seen.append(original_ids[in_vocabulary] if perturbed < len(original_ids) else original_ids)
+        changed_rows = np.flatnonzero(changed)
+        counters["changed"] += len(changed_rows)
+        originals = original_ids[changed_rows]
+        self._pending_pairs.append(originals * self.vocab_size + perturbed_ids[changed_rows])
+        self._pending += len(original_ids)
         if self._pending >= self.COMPACT_AT:
             self._compact()
 
     def _compact(self) -> None:
+        if self._pending_seen:
+            self.seen += np.bincount(np.concatenate(self._pending_seen), minlength=self.vocab_size)
         codes = np.concatenate(self._pending_pairs) if self._pending_pairs else np.zeros(0, np.int64)
+        self.changed_words += np.bincount(codes // self.vocab_size, minlength=self.vocab_size)
         self._pairs = merge_counts(self._pairs, count_keys(codes))
-        self._pending_pairs, self._pending = [], 0
+        self._pending_seen, self._pending_pairs, self._pending = [], [], 0
 
     def build(self) -> ColumnStatistics:
         self._compact()

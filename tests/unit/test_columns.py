@@ -206,3 +206,21 @@ def test_unprotected_counts_oov_tokens_released_as_written(clitic_embeddings, ki
     for oov, unprotected in (("keep", 2), ("replace", 0), ("drop", 0)):
         _, stats = substituted(clitic_embeddings, {}, column, kind=kind, oov=oov)
         assert (stats.oov, stats.unprotected) == (2, unprotected)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_replacements_keep_rows_apart_in_sliced_and_large_columns(clitic_embeddings, large):
+    texts = ["skip me", "Bush's dog", None, "", "the dog, the DOG", "no words here", "Zoe"]
+    column = pa.array(texts, pa.large_string() if large else pa.string()).slice(1)
+    perturbation = ColumnPerturbation(Substitution(clitic_embeddings, {"dog": "bush", "the": "they"}),
+                                      Vocabulary(clitic_embeddings.words), "string", "replace")
+    out, _ = apply(perturbation, column, random_for(0))
+    assert out.type == column.type
+    assert out.to_pylist() == ["Bush's bush", None, "", "they bush, they BUSH", "<unk> <unk> <unk>", "<unk>"]
+
+
+def test_nothing_replaced_gives_the_column_back(clitic_embeddings):
+    column = pa.array(["Bush's dog", None, "the dog"]).slice(1)
+    perturbation = ColumnPerturbation(Substitution(clitic_embeddings, {}), Vocabulary(clitic_embeddings.words), "string")
+    out, stats = apply(perturbation, column, random_for(0))
+    assert out.to_pylist() == [None, "the dog"] and stats.tokens == 2

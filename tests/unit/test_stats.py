@@ -7,10 +7,11 @@ from dp_spark.stats import ColumnStatistics, StatisticsBuilder, merge_counts
 
 
 def batch(original, perturbed, rows, valid):
+    """Statistics of tokens in the given (sorted) rows."""
     return ColumnStatistics.of_batch(
         10,
         valid_rows=np.array(valid),
-        token_rows=np.array(rows),
+        token_offsets=np.searchsorted(np.array(rows), np.arange(len(valid) + 1)),
         original_ids=np.array(original),
         perturbed_ids=np.array(perturbed),
     )
@@ -70,7 +71,7 @@ def test_unprotected_and_entity_counts_add_up_in_build_and_merge():
         return ColumnStatistics.of_batch(
             10,
             valid_rows=np.ones(1, bool),
-            token_rows=np.zeros(2, int),
+            token_offsets=np.array([0, 2]),
             original_ids=np.array([1, -1]),
             perturbed_ids=np.array([1, -1]),
             unprotected=unprotected,
@@ -83,10 +84,33 @@ def test_unprotected_and_entity_counts_add_up_in_build_and_merge():
     assert merged.entities == {"num": 3, "url": 1, "phone": 3}
     builder = StatisticsBuilder(10)
     for unprotected, entities in ((1, {"num": 2, "url": 1}), (0, {"num": 1, "phone": 3}), (0, None)):
-        builder.add_batch(valid_rows=np.ones(1, bool), token_rows=np.zeros(2, int), original_ids=np.array([1, -1]),
+        builder.add_batch(valid_rows=np.ones(1, bool), token_offsets=np.array([0, 2]), original_ids=np.array([1, -1]),
                           perturbed_ids=np.array([1, -1]), unprotected=unprotected, entities=entities)
     built = builder.build()
     assert (built.unprotected, built.entities) == (1, {"num": 3, "url": 1, "phone": 3})
     empty = ColumnStatistics(10)
     assert (empty.unprotected, empty.entities) == (0, {})
     assert empty.merge(first).entities == first.entities
+
+
+def test_counts_kept_aside_are_the_same_compacted_often_or_once(monkeypatch):
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(7):
+        original = rng.integers(-1, 10, 300)
+        perturbed = np.where(rng.random(300) < 0.5, original, rng.integers(0, 10, 300))
+        perturbed[original < 0] = -1
+        batches.append((original, perturbed, np.searchsorted(np.sort(rng.integers(0, 30, 300)), np.arange(31))))
+
+    def built(compact_at):
+        monkeypatch.setattr(StatisticsBuilder, "COMPACT_AT", compact_at)
+        builder = StatisticsBuilder(10)
+        for original, perturbed, offsets in batches:
+            builder.add_batch(valid_rows=np.ones(30, bool), token_offsets=offsets, original_ids=original,
+                              perturbed_ids=perturbed)
+        return builder.build()
+
+    often, once = built(100), built(10**9)
+    for name in ("tokens", "perturbed", "changed", "words_seen", "words_changed", "pairs", "perturbed_per_row"):
+        for a, b in zip(np.atleast_1d(getattr(often, name)), np.atleast_1d(getattr(once, name))):
+            np.testing.assert_array_equal(a, b)

@@ -57,7 +57,8 @@ def _json(value: dict) -> str:
 def plot(summary: pd.DataFrame, minimum_epsilons: dict[str, float]) -> bytes:
     """PNG: median N_w and S_w against epsilon (log scale), one colour per
     mechanism, with 25-75% and 5-95% bands over words; the epsilons a
-    mechanism refuses are shaded and marked."""
+    mechanism refuses are marked by a strip along the bottom, up to a dotted
+    line (shading the whole height would cover the other mechanisms' curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,10 +78,11 @@ def plot(summary: pd.DataFrame, minimum_epsilons: dict[str, float]) -> bytes:
                 axis.fill_between(ok["epsilon"], ok[f"{stat}_p5"], ok[f"{stat}_p95"], color=colour, alpha=0.1)
             if not refused.empty:
                 axis.plot(refused["epsilon"], np.full(len(refused), axis.get_ylim()[0] if stat == "sw" else 0.0),
-                          "x", color=colour, markersize=9, label=f"{mechanism}: refused")
+                          "x", color=colour, markersize=9)
             floor = minimum_epsilons.get(mechanism)
             if floor:
-                axis.axvspan(min(overall["epsilon"].min(), floor) / 1.5, floor, color=colour, alpha=0.06)
+                axis.axvspan(min(overall["epsilon"].min(), floor) / 1.5, floor, ymax=0.025, color=colour,
+                             alpha=0.5, label=f"{mechanism} refuses epsilon <= {floor:.3g}")
                 axis.axvline(floor, color=colour, linestyle=":", linewidth=1)
     axes[0].set_ylabel("N_w: fraction of draws returning the word itself")
     axes[0].set_ylim(-0.03, 1.03)
@@ -93,7 +95,7 @@ def plot(summary: pd.DataFrame, minimum_epsilons: dict[str, float]) -> bytes:
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
     figure.suptitle("Plausible deniability over a vocabulary sample: median, 25-75% and 5-95% of words "
-                    "(shaded left of a dotted line: epsilons the mechanism refuses)", fontsize=9)
+                    "(strip along the bottom, up to a dotted line: epsilons the mechanism refuses)", fontsize=9)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)

@@ -90,7 +90,8 @@ class ColumnPerturbation:
                 where[apart] = pool.add(substitutes) + np.arange(len(apart))
         outside = ids < 0
         if self.oov == "replace" and outside.any():
-            where[outside] = pool.add(pa.array([self.placeholder, " " + self.placeholder], pa.string())) + clitic[outside]
+            placeholders = pa.array([self.placeholder, " " + self.placeholder], pa.string())
+            where[outside] = pool.add(placeholders) + clitic[outside]
         elif self.oov == "drop" and outside.any():
             where[outside] = pool.add(pa.array([""], pa.string()))
         return where
@@ -133,7 +134,6 @@ class ColumnPerturbation:
     def _apply_to_token_lists(
         self, column: pa.Array, random_for: RandomFactory, statistics: StatisticsBuilder
     ) -> pa.Array:
-        rows = len(column)
         valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
         list_offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -201,7 +201,9 @@ class _Pool:
     def take(self, indices: np.ndarray) -> pa.Array:
         return pa.concat_arrays(self.arrays).take(pa.array(indices))
 
-    def rewrite(self, row_offsets: np.ndarray, replaced: np.ndarray, targets: np.ndarray, valid: np.ndarray) -> pa.Array:
+    def rewrite(
+        self, row_offsets: np.ndarray, replaced: np.ndarray, targets: np.ndarray, valid: np.ndarray
+    ) -> pa.Array:
         """Rows of the input segments (row i owns segments [row_offsets[i],
         row_offsets[i + 1])) with segments ``replaced`` by the pool's
         ``targets``, joined back into strings. Unchanged segments between

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.index import NeighbourTable
 from dp_spark.mechanisms.base import fraction
 from dp_spark.mechanisms.mlap import MultivariateLaplace
 
@@ -51,9 +52,12 @@ class Mahalanobis(MultivariateLaplace):
         regularization: float = 0.2,
         index_type: str = "flat",
         max_distance: float | None = None,
+        recall: float = 0.99,
         index: faiss.Index | None = None,
+        neighbours: NeighbourTable | None = None,
     ) -> None:
-        super().__init__(embeddings, epsilon, index_type=index_type, max_distance=max_distance, index=index)
+        super().__init__(embeddings, epsilon, index_type=index_type, max_distance=max_distance, recall=recall,
+                         index=index, neighbours=neighbours)
         self.regularization = fraction("regularization", regularization)
         self.noise_shape = regularized_covariance_root(embeddings.vectors, self.regularization).astype(np.float32)
         self.metric = mahalanobis_metric(self.regularization)

@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from dp_spark.embeddings import Embeddings
+from dp_spark.index import NeighbourTable
 from dp_spark.mechanisms.base import choice, fraction
 from dp_spark.mechanisms.mahalanobis import mahalanobis_metric, regularized_covariance_root
 from dp_spark.mechanisms.mlap import MultivariateLaplace
@@ -44,9 +45,11 @@ class Vickrey(MultivariateLaplace):
         base: str = "mlap",
         regularization: float = 0.2,
         index_type: str = "flat",
+        recall: float = 0.99,
         index: faiss.Index | None = None,
+        neighbours: NeighbourTable | None = None,
     ) -> None:
-        super().__init__(embeddings, epsilon, index_type=index_type, index=index)
+        super().__init__(embeddings, epsilon, index_type=index_type, recall=recall, index=index, neighbours=neighbours)
         if embeddings.size < 2:
             raise ValueError("the Vickrey mechanism needs at least 2 vocabulary words")
         self.threshold = fraction("threshold", threshold)
@@ -59,17 +62,13 @@ class Vickrey(MultivariateLaplace):
     def _perturb_in_vocabulary(self, ids: np.ndarray, rng: TokenRandom) -> np.ndarray:
         if len(ids) == 0:
             return ids
-        squared, found = self.index.search(self.noisy_vectors(ids, rng), 2)
+        squared, found = self.nearest(self.noisy_vectors(ids, rng), ids, 2)
         nearest = np.sqrt(np.maximum(squared, 0).astype(np.float64))
         t = self.threshold
         denominator = t * nearest[:, 0] + (1 - t) * nearest[:, 1]
         p_first = np.where(denominator > 0, (1 - t) * nearest[:, 1] / np.where(denominator > 0, denominator, 1), 1.0)
         first = rng.uniform(CHOICE_STREAM, 1)[:, 0] < p_first
-        out = np.where(first, found[:, 0], found[:, 1])
-        missing = out < 0
-        if missing.any():  # an approximate index may return fewer than 2 hits
-            out[missing] = self.nearest_words(self.noisy_vectors(ids[missing], rng.restrict(np.flatnonzero(missing))))
-        return out.astype(np.int64)
+        return np.where(first, found[:, 0], found[:, 1]).astype(np.int64)
 
     def describe(self) -> dict[str, Any]:
         return {

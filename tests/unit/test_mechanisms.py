@@ -47,7 +47,7 @@ def test_unknown_mechanism_lists_the_allowed_names(small_embeddings):
 
 
 def test_unknown_parameter_is_named_with_the_allowed_ones(small_embeddings):
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) radius for mechanism 'mlap'; allowed: index_type, max_distance, index"):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) radius for mechanism 'mlap'; allowed: index_type, max_distance, recall, index, neighbours"):
         build_mechanism("mlap", small_embeddings, epsilon=1.0, radius=3)
 
 

@@ -18,6 +18,11 @@ the embeddings' fingerprint, the neighbour count and the format version):
     <id>.neighbour_distances.npy  float32 (|V|, K), Euclidean
     <id>.index-<type>.faiss       hnsw / ivf indexes, when built
 
+The manifest's ``neighbour_table`` says how the table was found: exact
+(flat search, on the driver or by Spark tasks: the same table) or
+approximate (IVF, for vocabularies of millions of words; its id differs
+from the exact table's, so the two never stand in for each other).
+
 File names carry the id so that they stay unique when Spark ships them
 to executors side by side.
 """
@@ -33,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import faiss
 import numpy as np
@@ -61,8 +66,17 @@ SUFFIXES = {"words": "words.arrow", "vectors": "vectors.npy", "neighbour_ids": "
             "neighbour_distances": "neighbour_distances.npy"}
 
 
-def artifact_id(fingerprint: str, neighbours: int) -> str:
-    return hashlib.sha256(f"{FORMAT_VERSION}:{fingerprint}:{neighbours}".encode()).hexdigest()[:16]
+# How the driver's build finds the table (``build_neighbour_table``).
+EXACT_TABLE = {"exact": True, "search": "flat", "built_on": "driver"}
+
+TableBuilder = Callable[[Embeddings, int], NeighbourTable]
+
+
+def artifact_id(fingerprint: str, neighbours: int, table: dict[str, Any] | None = None) -> str:
+    """16 hex digits naming the artifact; an approximate table (``table``
+    not exact) gets an id of its own."""
+    variant = "" if table is None or table.get("exact", True) else ":approximate:" + table.get("search", "")
+    return hashlib.sha256(f"{FORMAT_VERSION}:{fingerprint}:{neighbours}{variant}".encode()).hexdigest()[:16]
 
 
 def index_role(kind: str) -> str:
@@ -159,18 +173,23 @@ def build_artifact(
     neighbours: int,
     index_types: tuple[str, ...] = (),
     source: dict[str, Any] | None = None,
+    table_builder: TableBuilder | None = None,
+    table: dict[str, Any] | None = None,
 ) -> Artifact:
     """Build the artifact of ``embeddings`` in a local folder under ``parent``
     (written under a temporary name, then renamed: a crash leaves no half
-    artifact)."""
+    artifact). ``table_builder(embeddings, k)`` finds the neighbour table
+    (default: exact, on the driver) and ``table`` describes how, for the
+    manifest (``exact``, ``search``, ``built_on``, ...)."""
     k = min(int(neighbours), embeddings.size - 1)
-    identifier = artifact_id(embeddings.fingerprint, k)
+    table_info = dict(table or EXACT_TABLE)
+    identifier = artifact_id(embeddings.fingerprint, k, table_info)
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{PREFIX}{identifier}-", dir=parent))
     try:
-        table = build_neighbour_table(embeddings, k)
+        table = (table_builder or build_neighbour_table)(embeddings, k)
         arrays = {"vectors": np.ascontiguousarray(embeddings.vectors, np.float32),
                   "neighbour_ids": table.ids, "neighbour_distances": table.distances}
         words = pa.table({"word": pa.array(embeddings.words.tolist(), pa.string())})
@@ -188,6 +207,7 @@ def build_artifact(
             "neighbours": k,
             "diameter": table.diameter,
             "min_distance": table.min_distance,
+            "neighbour_table": table_info,
             "source": source or {},
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -318,15 +338,19 @@ def build_to(
     neighbours: int,
     index_types: tuple[str, ...] = (),
     source: dict[str, Any] | None = None,
+    table_builder: TableBuilder | None = None,
+    table: dict[str, Any] | None = None,
 ) -> tuple[str, Artifact]:
     """Build the artifact under ``location`` (a local folder, or any storage
     location, built locally first and then copied there); returns where it is
-    and the local artifact."""
+    and the local artifact. ``table_builder`` and ``table``: as for
+    ``build_artifact`` (the table found by Spark tasks, say)."""
     if storage.qualify(location).startswith("file://"):
-        artifact = build_artifact(embeddings, storage.resolve(location)[1], neighbours, index_types, source)
+        artifact = build_artifact(embeddings, storage.resolve(location)[1], neighbours, index_types, source,
+                                  table_builder, table)
         return str(Path(artifact.paths["vectors"]).parent), artifact
     with tempfile.TemporaryDirectory(prefix="dp-spark-build-") as work:
-        artifact = build_artifact(embeddings, work, neighbours, index_types, source)
+        artifact = build_artifact(embeddings, work, neighbours, index_types, source, table_builder, table)
         return publish_artifact(artifact, location), artifact
 
 

@@ -130,25 +130,53 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a config whose [embeddings] and [index] to build (default embeddings)")
     parser.add_argument("--output", required=True, help="where to put the artifact folder (any storage location)")
     parser.add_argument("--index-types", default="", help="approximate indexes to include, e.g. hnsw,ivf")
-    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--spark", action="store_true",
+                        help="find the neighbour table with Spark tasks (query slices; spark-submit jobs/build.py "
+                             "always does)")
+    parser.add_argument("--search", default="auto", choices=("auto", "flat", "ivf"),
+                        help="with --spark: flat (exact, the driver's table) or ivf (approximate); auto: ivf from "
+                             "1M words")
+    parser.add_argument("--slices", type=int, help="with --spark: query slices (tasks; default one per 16,384 words)")
+    parser.add_argument("--nprobe", type=int, default=32, help="with --spark --search ivf: lists probed per word")
+    _spark_arguments(parser)
 
 
 def run_build(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+
     from dp_spark.artifact import build_to
     from dp_spark.config import Config, load_config
     from dp_spark.embeddings import load_embeddings
 
+    if not args.spark and (args.search != "auto" or args.slices or args.master or args.remote):
+        raise ConfigError("--search, --slices, --master and --remote build with Spark: add --spark")
     config = load_config(args.config, "build") if args.config else Config()
     kinds = tuple(k.strip() for k in args.index_types.split(",") if k.strip())
-    location, artifact = build_to(load_embeddings(config.embeddings), args.output, config.index.neighbours, kinds,
-                                  source=config.embeddings.to_dict())
+    started = time.perf_counter()
+    embeddings = load_embeddings(config.embeddings)
+    log.info("build: %d words loaded in %.1f s", embeddings.size, time.perf_counter() - started)
+    arguments = (embeddings, args.output, config.index.neighbours, kinds, config.embeddings.to_dict())
+    if not args.spark:
+        location, artifact = build_to(*arguments)
+    else:
+        from dp_spark.spark.build import SparkTableBuilder, table_plan
+        from dp_spark.spark.session import session
+
+        plan = table_plan(embeddings.size, args.search, args.slices, nprobe=args.nprobe)
+        with session("dp-spark build", args.master, args.remote) as spark:
+            builder = SparkTableBuilder(spark, plan)
+            location, artifact = build_to(*arguments, table_builder=builder, table=plan.description())
+    log.info("build: artifact %s written to %s in %.1f s", artifact.id, location, time.perf_counter() - started)
     return {"command": "build", "status": "succeeded", "artifact": location, "id": artifact.id,
-            "words": artifact.meta["words"], "neighbours": artifact.neighbours_k, "files": sorted(artifact.roles)}
+            "words": artifact.meta["words"], "neighbours": artifact.neighbours_k, "files": sorted(artifact.roles),
+            "neighbour_table": artifact.meta["neighbour_table"]}
 
 
 def print_build(summary: dict[str, Any]) -> None:
-    print(f"artifact {summary['id']} ({summary['words']} words, K = {summary['neighbours']}) at {summary['artifact']}")
+    table = summary["neighbour_table"]
+    how = "exact" if table["exact"] else f"approximate ({table['search']}, nprobe {table.get('nprobe')})"
+    print(f"artifact {summary['id']} ({summary['words']} words, K = {summary['neighbours']}, {how} neighbour table, "
+          f"built on the {table['built_on']}) at {summary['artifact']}")
     print(f'  use it with:  [embeddings] artifact = "{summary["artifact"]}"')
 
 

@@ -72,6 +72,13 @@ def _ship_files(spark: SparkSession, paths: list[str]) -> None:
         done.update(os.path.basename(p) for p in new)
 
 
+def ship_files(spark: SparkSession, paths: dict[str, str]) -> ShippedFiles:
+    """Make local files (role -> path) available to this session's executors;
+    returns where tasks find them. File names must be unique per content."""
+    _ship_files(spark, list(paths.values()))
+    return ShippedFiles({role: os.path.basename(path) for role, path in paths.items()})
+
+
 def ship_artifact(spark: SparkSession, artifact: Artifact) -> ShippedArtifact:
     """Make the artifact's files available to this session's executors."""
     _ship_files(spark, list(artifact.paths.values()))

@@ -71,34 +71,6 @@ class ColumnStatistics:
     words_changed: tuple[np.ndarray, np.ndarray] = field(default_factory=_empty)
     pairs: tuple[np.ndarray, np.ndarray] = field(default_factory=_empty)
 
-    @classmethod
-    def of_batch(
-        cls,
-        vocab_size: int,
-        *,
-        valid_rows: np.ndarray,
-        token_offsets: np.ndarray,
-        original_ids: np.ndarray,
-        perturbed_ids: np.ndarray,
-        skipped: int = 0,
-        unprotected: int = 0,
-        entities: Mapping[str, int] | None = None,
-    ) -> "ColumnStatistics":
-        """Statistics of one batch: row r holds tokens [token_offsets[r],
-        token_offsets[r + 1]), ``original_ids``/``perturbed_ids`` are their
-        ids (-1 outside the vocabulary)."""
-        builder = StatisticsBuilder(vocab_size)
-        builder.add_batch(
-            valid_rows=valid_rows,
-            token_offsets=token_offsets,
-            original_ids=original_ids,
-            perturbed_ids=perturbed_ids,
-            skipped=skipped,
-            unprotected=unprotected,
-            entities=entities,
-        )
-        return builder.build()
-
     def merge(self, other: "ColumnStatistics") -> "ColumnStatistics":
         if other.vocab_size != self.vocab_size:
             raise ValueError("cannot merge statistics over different vocabularies")

@@ -6,10 +6,16 @@ import pytest
 from dp_spark.stats import ColumnStatistics, StatisticsBuilder, merge_counts
 
 
+def statistics_of(vocab_size=10, **batch):
+    """Statistics of one batch, as a task builds them."""
+    builder = StatisticsBuilder(vocab_size)
+    builder.add_batch(**batch)
+    return builder.build()
+
+
 def batch(original, perturbed, rows, valid):
     """Statistics of tokens in the given (sorted) rows."""
-    return ColumnStatistics.of_batch(
-        10,
+    return statistics_of(
         valid_rows=np.array(valid),
         token_offsets=np.searchsorted(np.array(rows), np.arange(len(valid) + 1)),
         original_ids=np.array(original),
@@ -68,8 +74,7 @@ def test_merge_counts_and_vocabulary_check():
 
 def test_unprotected_and_entity_counts_add_up_in_build_and_merge():
     def counted(unprotected, entities):
-        return ColumnStatistics.of_batch(
-            10,
+        return statistics_of(
             valid_rows=np.ones(1, bool),
             token_offsets=np.array([0, 2]),
             original_ids=np.array([1, -1]),

@@ -230,12 +230,14 @@ def _settings(path: str, section: dict[str, Any]) -> EvaluationSettings:
 class LabeledData:
     """The rows evaluated, cached: ``row_id``, the label column, ``_label``
     (its index), ``_text`` (the text columns joined) and the split column;
-    ``dropped`` rows had no label or no text at all."""
+    ``dropped`` rows had no label or no text at all; ``test_rows``: those of
+    a fixed split's test set."""
 
     frame: DataFrame
     rows: int
     dropped: int
     class_counts: dict[str, int]
+    test_rows: int | None = None
 
 
 def labeled_data(spark: SparkSession, config: Any, settings: EvaluationSettings) -> LabeledData:
@@ -269,16 +271,21 @@ def labeled_data(spark: SparkSession, config: Any, settings: EvaluationSettings)
     df = (df.where(F.col(settings.label_column).isNotNull() & has_text)
           .select(*kept, F.concat_ws(" ", *settings.text_columns).alias("_text"))
           .repartition(partitions)
-          .withColumn("row_id", F.monotonically_increasing_id())
-          .cache())
+          .withColumn("row_id", F.monotonically_increasing_id()))
     indexer = StringIndexer(inputCol=settings.label_column, outputCol="_label", stringOrderType="alphabetAsc")
-    df = indexer.fit(df).transform(df)
+    df = indexer.fit(df).transform(df).cache()
     counts = {str(row[0]): int(row[1]) for row in df.groupBy(settings.label_column).count().collect()}
     rows = sum(counts.values())
     if len(counts) < 2:
         raise InputError(f"label column {settings.label_column!r} holds {len(counts)} distinct value(s); a "
                          "classifier needs at least two")
-    return LabeledData(df, rows, read - rows, dict(sorted(counts.items())))
+    test_rows = None
+    if settings.split_column:
+        test_rows = df.where(F.col(settings.split_column) == "test").count()
+        if not 0 < test_rows < rows:
+            raise InputError(f"split column {settings.split_column!r} must mark some rows, not all, \"test\" "
+                             f"({test_rows} of {rows} are)")
+    return LabeledData(df, rows, read - rows, dict(sorted(counts.items())), test_rows)
 
 
 def labeled_splits(df: DataFrame, settings: EvaluationSettings, seed: int) -> tuple[DataFrame, DataFrame]:
@@ -429,11 +436,12 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
     text = report(dataset, summary, found, {
         "command": command, "rows": data.rows, "dropped": data.dropped, "text_columns": settings.text_columns,
         "class_shares": {label: n / data.rows for label, n in data.class_counts.items()},
-        "split_column": settings.split_column, "test_rows": _test_rows(data, settings),
+        "split_column": settings.split_column, "test_rows": data.test_rows,
         "test_fraction": settings.test_fraction, "seeds": list(settings.seeds), "perturb_test": settings.perturb_test,
         "bag_of_words": f"RegexTokenizer, HashingTF ({settings.num_features} features), IDF, {LOGISTIC}",
         "logistic": LOGISTIC,
-        "embeddings": f"the job's embeddings ({config.embeddings.source}, {runtime.embeddings.dim} dimensions)",
+        "embeddings": f"the job's embeddings ({_embeddings_name(config.embeddings)}, {runtime.embeddings.size} "
+                      f"words, {runtime.embeddings.dim} dimensions)",
         "text_words": min(TEXT_WORDS, len(words)), "coverage": covered, "nw_sample": settings.nw_sample,
         "nw_draws": settings.nw_draws, "draws": settings.draws,
         "exact": [name for name, points in sampled.items() if not points],
@@ -448,10 +456,10 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
     return {"results": results, "summary": summary, "comparisons": found, "verdicts": verdicts, "seconds": seconds}
 
 
-def _test_rows(data: LabeledData, settings: EvaluationSettings) -> int | None:
-    if not settings.split_column:
-        return None
-    return data.frame.where(F.col(settings.split_column) == "test").count()
+def _embeddings_name(embeddings: Any) -> str:
+    if embeddings.source == "default" and not embeddings.artifact:
+        return "GloVe 6B 50d"
+    return str(embeddings.artifact or embeddings.path)
 
 
 def score_points(spark: SparkSession, data: LabeledData, settings: EvaluationSettings, runtime: Runtime,

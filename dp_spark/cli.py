@@ -138,6 +138,8 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
                              "1M words")
     parser.add_argument("--slices", type=int, help="with --spark: query slices (tasks; default one per 16,384 words)")
     parser.add_argument("--nprobe", type=int, default=32, help="with --spark --search ivf: lists probed per word")
+    parser.add_argument("--threads", type=int, help="with --spark: FAISS threads per task (default: the driver's, "
+                                                    "which makes the flat table the driver's own exactly)")
     _spark_arguments(parser)
 
 
@@ -148,8 +150,8 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
     from dp_spark.config import Config, load_config
     from dp_spark.embeddings import load_embeddings
 
-    if not args.spark and (args.search != "auto" or args.slices or args.master or args.remote):
-        raise ConfigError("--search, --slices, --master and --remote build with Spark: add --spark")
+    if not args.spark and (args.search != "auto" or args.slices or args.threads or args.master or args.remote):
+        raise ConfigError("--search, --slices, --threads, --master and --remote build with Spark: add --spark")
     config = load_config(args.config, "build") if args.config else Config()
     kinds = tuple(k.strip() for k in args.index_types.split(",") if k.strip())
     started = time.perf_counter()
@@ -162,7 +164,7 @@ def run_build(args: argparse.Namespace) -> dict[str, Any]:
         from dp_spark.spark.build import SparkTableBuilder, table_plan
         from dp_spark.spark.session import session
 
-        plan = table_plan(embeddings.size, args.search, args.slices, nprobe=args.nprobe)
+        plan = table_plan(embeddings.size, args.search, args.slices, nprobe=args.nprobe, threads=args.threads)
         with session("dp-spark build", args.master, args.remote) as spark:
             builder = SparkTableBuilder(spark, plan)
             location, artifact = build_to(*arguments, table_builder=builder, table=plan.description())
@@ -176,7 +178,7 @@ def print_build(summary: dict[str, Any]) -> None:
     table = summary["neighbour_table"]
     how = "exact" if table["exact"] else f"approximate ({table['search']}, nprobe {table.get('nprobe')})"
     print(f"artifact {summary['id']} ({summary['words']} words, K = {summary['neighbours']}, {how} neighbour table, "
-          f"built on the {table['built_on']}) at {summary['artifact']}")
+          f"found {'by Spark tasks' if table['built_on'] == 'spark' else 'on the driver'}) at {summary['artifact']}")
     print(f'  use it with:  [embeddings] artifact = "{summary["artifact"]}"')
 
 

@@ -6,8 +6,13 @@ task searches its words against the whole vocabulary, batch by batch, and
 re-ranks the candidates by exact distance with the driver's own functions
 (``without_self``, ``exact_order`` from ``dp_spark.index``). Batches are
 the driver's batches (``build_neighbour_table``'s ``batch_size``, slices
-made of whole batches), so FAISS sees the same queries in the same blocks
-and a flat search gives the very table the driver gives, ids and distances.
+made of whole batches) searched with the driver's FAISS thread count, so
+FAISS sees the same queries in the same blocks and a flat search gives the
+very table the driver gives, ids and distances. (The thread count matters:
+FAISS's float32 distances come from a BLAS product whose rounding depends
+on how many threads share it, and two candidates 1e-7 apart at the
+(K+1)-th place can swap: measured once in the 92,090 x 64 table of the
+default vocabulary between 1 and 2 threads.)
 From ``IVF_FROM`` words the search is IVF (approximate: the artifact's
 manifest says so, and its id is not the exact table's).
 
@@ -70,12 +75,14 @@ SCHEMA = "start long, count long, ids binary, distances binary"
 class TablePlan:
     """How the table of a vocabulary of ``size`` words is found: ``search``
     (flat: exact; ivf: approximate, ``nprobe`` of ``nlist`` lists probed),
-    ``slices`` tasks of whole batches of ``batch_size`` query words."""
+    ``slices`` tasks of whole batches of ``batch_size`` query words, each
+    searching with ``threads`` FAISS threads."""
 
     size: int
     search: str
     slices: int
     batch_size: int = BATCH_SIZE
+    threads: int = 1
     nprobe: int | None = None
     nlist: int | None = None
 
@@ -93,7 +100,7 @@ class TablePlan:
     def description(self) -> dict[str, Any]:
         """The manifest's ``neighbour_table`` entry."""
         info: dict[str, Any] = {"exact": self.exact, "search": self.search, "built_on": "spark",
-                                "slices": self.slices, "batch_size": self.batch_size}
+                                "slices": self.slices, "batch_size": self.batch_size, "threads": self.threads}
         if not self.exact:
             info.update(nlist=self.nlist, nprobe=self.nprobe,
                         note="approximate: a word's true neighbour outside the probed lists is missed; "
@@ -102,13 +109,17 @@ class TablePlan:
 
 
 def table_plan(size: int, search: str = "auto", slices: int | None = None, batch_size: int = BATCH_SIZE,
-               nprobe: int = DEFAULT_NPROBE) -> TablePlan:
+               nprobe: int = DEFAULT_NPROBE, threads: int | None = None) -> TablePlan:
     """The plan for ``size`` words: ``search`` auto is flat below ``IVF_FROM``
     words, ivf from there; ``slices`` defaults to one per ``ROWS_PER_SLICE``
-    words (at most one per batch)."""
+    words (at most one per batch); ``threads`` per task defaults to this
+    process's FAISS threads, those ``build_neighbour_table`` would use here
+    (fewer are faster where tasks share cores, and may break a float32 tie
+    at the last neighbour differently)."""
     if search not in SEARCHES:
         raise ConfigError(f"--search must be one of {', '.join(SEARCHES)}; got {search!r}")
-    for name, value in (("--slices", slices), ("batch size", batch_size), ("--nprobe", nprobe)):
+    for name, value in (("--slices", slices), ("batch size", batch_size), ("--nprobe", nprobe),
+                        ("--threads", threads)):
         if value is not None and (isinstance(value, bool) or int(value) < 1):
             raise ConfigError(f"{name} must be a positive integer; got {value!r}")
     if search == "auto":
@@ -117,10 +128,11 @@ def table_plan(size: int, search: str = "auto", slices: int | None = None, batch
     wanted = slices or max(1, math.ceil(size / ROWS_PER_SLICE))
     per_slice = math.ceil(batches / min(int(wanted), batches))
     count = math.ceil(batches / per_slice)  # no empty slice
+    threads = int(threads or faiss.omp_get_max_threads())
     if search == "flat":
-        return TablePlan(size, "flat", count, batch_size)
+        return TablePlan(size, "flat", count, batch_size, threads)
     nlist = _ivf_lists(size)
-    return TablePlan(size, "ivf", count, batch_size, min(int(nprobe), nlist), nlist)
+    return TablePlan(size, "ivf", count, batch_size, threads, min(int(nprobe), nlist), nlist)
 
 
 def _ivf_lists(size: int) -> int:
@@ -232,29 +244,35 @@ def _search_slices(files: ShippedFiles, plan: TablePlan, k: int):
     """The task: for each slice number, its batches' neighbours."""
 
     def search(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        configure_faiss(context.cpus() if context else 1)
-        paths = files.local_paths()
-        vectors = np.load(paths["vectors"], mmap_mode="r")
-        if plan.exact:
-            nearest = _flat_search(build_index(vectors, "flat"), vectors, k)
-        else:
-            nearest = _ivf_search(paths["ivf"], vectors, k, plan.nprobe)
-        for batch in batches:
-            for number in batch.column(0).to_numpy().tolist():
-                start, end = plan.slice_rows(number)
-                for first in range(start, end, plan.batch_size):
-                    rows = np.arange(first, min(first + plan.batch_size, end))
-                    ids, distances = nearest(rows)
-                    yield pa.RecordBatch.from_arrays(
-                        [pa.array([first], pa.int64()), pa.array([len(rows)], pa.int64()),
-                         pa.array([np.ascontiguousarray(ids, np.int32).tobytes()], pa.binary()),
-                         pa.array([np.ascontiguousarray(distances, np.float32).tobytes()], pa.binary())],
-                        names=["start", "count", "ids", "distances"])
+        previous = faiss.omp_get_max_threads()
+        configure_faiss(plan.threads)  # and back after: the worker may perturb next
+        try:
+            yield from _search_in_task(batches, files, plan, k)
+        finally:
+            faiss.omp_set_num_threads(previous)
 
     return search
+
+
+def _search_in_task(batches: Iterator[pa.RecordBatch], files: ShippedFiles, plan: TablePlan,
+                k: int) -> Iterator[pa.RecordBatch]:
+    paths = files.local_paths()
+    vectors = np.load(paths["vectors"], mmap_mode="r")
+    if plan.exact:
+        nearest = _flat_search(build_index(vectors, "flat"), vectors, k)
+    else:
+        nearest = _ivf_search(paths["ivf"], vectors, k, plan.nprobe)
+    for batch in batches:
+        for number in batch.column(0).to_numpy().tolist():
+            start, end = plan.slice_rows(number)
+            for first in range(start, end, plan.batch_size):
+                rows = np.arange(first, min(first + plan.batch_size, end))
+                ids, distances = nearest(rows)
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([first], pa.int64()), pa.array([len(rows)], pa.int64()),
+                     pa.array([np.ascontiguousarray(ids, np.int32).tobytes()], pa.binary()),
+                     pa.array([np.ascontiguousarray(distances, np.float32).tobytes()], pa.binary())],
+                    names=["start", "count", "ids", "distances"])
 
 
 def _flat_search(index: faiss.Index, vectors: np.ndarray, k: int):

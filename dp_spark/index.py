@@ -82,7 +82,6 @@ class BatchedIvfSearch:
         ivf = faiss.extract_index_ivf(index)
         self.nlist, self.dim = ivf.nlist, ivf.d
         self._centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        self._centroid_norms = (self._centroids.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
         lists = ivf.invlists
         self._lists = []
         for number in range(self.nlist):
@@ -93,21 +92,76 @@ class BatchedIvfSearch:
             norms = (vectors.astype(np.float64) ** 2).sum(axis=1).astype(np.float32) if size else None
             self._lists.append((vectors, ids, norms))
 
+    def probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
+        """The lists each query probes: its ``nprobe`` nearest centroids
+        ((len(queries), nprobe) list numbers, found as FAISS's IVF search
+        finds them, by the quantizer)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nprobe = min(nprobe, self.nlist)
+        if nprobe == self.nlist:
+            return np.broadcast_to(np.arange(self.nlist), (len(queries), self.nlist))
+        return faiss.knn(queries, self._centroids, nprobe)[1]
+
+    # Up to this k, each (query, probed list) pair keeps its own k best and
+    # the pairs are merged once at the end; above it, a running best per query.
+    _PAIRWISE_K = 8
+
     def search(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """(squared distances, ids), each (len(queries), k), nearest first,
         among the vectors of the ``nprobe`` lists nearest to each query; id -1
         and distance inf where fewer than k were found."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         count = len(queries)
-        query_norms = (queries.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
         nprobe = min(nprobe, self.nlist)
-        to_centroids = self._centroid_norms[None, :] - 2 * (queries @ self._centroids.T)
-        probes = np.argpartition(to_centroids, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist else (
-            np.broadcast_to(np.arange(self.nlist), (count, self.nlist)))
-        probed = probes.ravel()
+        if count == 0:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        query_norms = (queries.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+        scaled = queries * np.float32(-2)  # scores are |x|^2 - 2 q.x; |q|^2 is added at the end
+        probed = self.probes(queries, nprobe).ravel()
         order = np.argsort(probed, kind="stable")
-        probing = np.repeat(np.arange(count), nprobe)[order]
+        probing = order // nprobe  # the query of each (query, list) pair, pairs grouped by list
         bounds = np.searchsorted(probed[order], np.arange(self.nlist + 1))
+        if k <= self._PAIRWISE_K:
+            best, best_ids = self._search_pairwise(scaled, k, nprobe, order, probing, bounds)
+        else:
+            best, best_ids = self._search_running(scaled, k, probing, bounds)
+        best += query_norms[:, None]
+        return np.maximum(best, 0, out=best), best_ids
+
+    def _search_pairwise(self, scaled, k, nprobe, order, probing, bounds):
+        pair_best = np.full((len(order), k), np.inf, dtype=np.float32)
+        pair_ids = np.full((len(order), k), -1, dtype=np.int64)
+        for number in np.flatnonzero(np.diff(bounds)):
+            vectors, ids, norms = self._lists[number]
+            if vectors is None:
+                continue
+            pairs = slice(bounds[number], bounds[number + 1])
+            scores = scaled[probing[pairs]] @ vectors.T
+            scores += norms
+            if k == 1:
+                column = scores.argmin(axis=1)
+                pair_best[pairs, 0] = scores[np.arange(len(column)), column]
+                pair_ids[pairs, 0] = ids[column]
+                continue
+            width = min(k, scores.shape[1])
+            top = np.argpartition(scores, width - 1, axis=1)[:, :width] if scores.shape[1] > width else (
+                np.broadcast_to(np.arange(width), (len(scores), width)))
+            pair_best[pairs, :width] = np.take_along_axis(scores, top, axis=1)
+            pair_ids[pairs, :width] = ids[top]
+        # Back to query order: pair j of query i sits at row i * nprobe + j.
+        unsorted = np.empty_like(order)
+        unsorted[order] = np.arange(len(order))
+        count = len(order) // nprobe
+        merged = pair_best[unsorted].reshape(count, nprobe * k)
+        merged_ids = pair_ids[unsorted].reshape(count, nprobe * k)
+        if k == 1:
+            keep = merged.argmin(axis=1)[:, None]
+        else:
+            keep = np.argsort(merged, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(merged, keep, axis=1), np.take_along_axis(merged_ids, keep, axis=1)
+
+    def _search_running(self, scaled, k, probing, bounds):
+        count = len(scaled)
         best = np.full((count, k), np.inf, dtype=np.float32)
         best_ids = np.full((count, k), -1, dtype=np.int64)
         for number in np.flatnonzero(np.diff(bounds)):
@@ -115,14 +169,8 @@ class BatchedIvfSearch:
             if vectors is None:
                 continue
             rows = probing[bounds[number] : bounds[number + 1]]
-            scores = norms[None, :] - 2 * (queries[rows] @ vectors.T)  # + |q|^2, added at the end
-            if k == 1:
-                column = scores.argmin(axis=1)
-                found = scores[np.arange(len(rows)), column]
-                better = found < best[rows, 0]
-                best[rows[better], 0] = found[better]
-                best_ids[rows[better], 0] = ids[column[better]]
-                continue
+            scores = scaled[rows] @ vectors.T
+            scores += norms
             top = np.argpartition(scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else (
                 np.broadcast_to(np.arange(scores.shape[1]), (len(rows), scores.shape[1])))
             merged = np.hstack([best[rows], np.take_along_axis(scores, top, axis=1)])
@@ -130,8 +178,7 @@ class BatchedIvfSearch:
             keep = np.argsort(merged, axis=1, kind="stable")[:, :k]
             best[rows] = np.take_along_axis(merged, keep, axis=1)
             best_ids[rows] = np.take_along_axis(merged_ids, keep, axis=1)
-        best += query_norms[:, None]
-        return np.maximum(best, 0, out=best), best_ids
+        return best, best_ids
 
 
 def serialize_index(index: faiss.Index) -> bytes:

@@ -60,6 +60,10 @@ from dp_spark.randomness import TokenRandom, as_token_random
 # FAISS's float32 search round at ~1e-7; a word within this margin of the
 # bound is searched for rather than ruled out.
 _CERTIFICATE_MARGIN = 1e-4
+# Largest noise radius the float32 decode takes, and the largest of the dim
+# exponentials that make a radius (-log of a float64 uniform's distance to 1).
+_LARGEST_RADIUS = 1e18
+_LARGEST_EXPONENTIAL = 45.0
 # Noisy words the ivf decode's nprobe is chosen on, and the nprobe tried.
 _CALIBRATION_WORDS = 2_000
 _NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -85,6 +89,7 @@ class MultivariateLaplace(Mechanism):
         self.index_type = choice("index_type", index_type, INDEX_TYPES)
         self.max_distance = optional_positive_float("max_distance", max_distance)
         self.recall = fraction("recall", recall)
+        self._check_radius(embeddings.dim)
         if index is None:
             index = build_index(embeddings.vectors, index_type)
         elif index.ntotal != embeddings.size or index.d != embeddings.dim:
@@ -101,6 +106,24 @@ class MultivariateLaplace(Mechanism):
         self.neighbours = neighbours
         self._ivf = BatchedIvfSearch(index) if index_type == "ivf" else None
         self._nprobe: int | None = None
+
+    def _check_radius(self, dim: int) -> None:
+        """Refuse an epsilon whose noise radii could overflow the decode: the
+        radius is at most dim * 45 / epsilon (a sum of dim exponentials, each
+        -log(1 - u) <= 45 for u < 1 in float64), and float32 squared
+        distances (FAISS) hold that below about 1e18 (squares below 1e36 with
+        room for the vector norms and the mahalanobis stretch; past it
+        distances become inf and the search answers id -1)."""
+        worst = _LARGEST_EXPONENTIAL * dim / self.epsilon
+        if self.max_distance is not None:
+            worst = min(worst, self.max_distance)
+        if worst > _LARGEST_RADIUS:
+            smallest = _LARGEST_EXPONENTIAL * dim / _LARGEST_RADIUS
+            raise ValueError(
+                f"epsilon {self.epsilon:g} is too small for {self.name} in {dim} dimensions: noise radii up to "
+                f"{worst:.3g} overflow the float32 decode (largest {_LARGEST_RADIUS:.0e}); use epsilon >= "
+                f"{smallest:.3g}, or cap the radius with max_distance <= {_LARGEST_RADIUS:.0e}"
+            )
 
     @property
     def delta(self) -> float:
@@ -139,7 +162,10 @@ class MultivariateLaplace(Mechanism):
             return ids
         return self.nearest(self.noisy_vectors(ids, rng), ids)[1][:, 0]
 
-    # Queries decoded together: the candidates' vectors (K + 1 per query) stay a few MB.
+    # Queries searched together (one pass over the IVF lists per batch: larger
+    # batches share it better), and candidate rows scored together (their
+    # K + 1 vectors in float64 stay a few MB).
+    SEARCH_BATCH = 16_384
     DECODE_BATCH = 2_048
 
     def nearest(self, vectors: np.ndarray, words: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +175,8 @@ class MultivariateLaplace(Mechanism):
         neighbours are the candidates that can prove the answer exact)."""
         distances = np.empty((len(vectors), k), np.float32)
         found = np.empty((len(vectors), k), np.int64)
-        for start in range(0, len(vectors), self.DECODE_BATCH):
-            part = slice(start, start + self.DECODE_BATCH)
+        for start in range(0, len(vectors), self.SEARCH_BATCH):
+            part = slice(start, start + self.SEARCH_BATCH)
             distances[part], found[part] = self._nearest(vectors[part], words[part], k)
         return distances, found
 
@@ -167,25 +193,43 @@ class MultivariateLaplace(Mechanism):
                 )
         return candidate_distances.astype(np.float32), candidates
 
+    def certified(self, vectors: np.ndarray, words: np.ndarray, k: int = 1) -> np.ndarray:
+        """Whether the candidates prove the k nearest words of each noisy
+        vector (no search needed)."""
+        return self._candidates(vectors, words, k)[2]
+
     def _candidates(self, vectors: np.ndarray, words: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The k nearest of each word's candidates (the word and its table
         neighbours): squared distances (float64), ids, and whether they are
-        proved to be the k nearest of the whole vocabulary."""
+        proved to be the k nearest of the whole vocabulary. The proof needs
+        D_K(w) > r; where the noise radius r is already larger, only the word
+        itself is scored (distance inf and id -1 fill the other columns) and
+        the search decides."""
+        count = len(words)
         table = self.neighbours
         if table is None:  # a vocabulary of one word
-            return np.zeros((len(words), k)), np.zeros((len(words), k), np.int64), np.ones(len(words), bool)
-        candidates = np.hstack([words[:, None], np.asarray(table.ids)[words]])
-        offsets = self.embeddings.vectors[candidates].astype(np.float64) - vectors[:, None, :].astype(np.float64)
-        squared = np.einsum("ijk,ijk->ij", offsets, offsets)
-        order = np.argsort(squared, axis=1, kind="stable")[:, :k]
-        nearest = np.take_along_axis(squared, order, axis=1)
-        if table.k >= self.embeddings.size - 1:  # the table holds every word
-            certified = np.ones(len(words), bool)
-        else:
-            radius = np.sqrt(squared[:, 0])  # candidate 0 is the word itself
-            bound = np.asarray(table.distances)[words, -1].astype(np.float64) * (1 - _CERTIFICATE_MARGIN)
-            certified = bound - radius > np.sqrt(nearest[:, -1]) * (1 + _CERTIFICATE_MARGIN)
-        return nearest, np.take_along_axis(candidates, order, axis=1).astype(np.int64), certified
+            return np.zeros((count, k)), np.zeros((count, k), np.int64), np.ones(count, bool)
+        offsets = vectors.astype(np.float64) - self.embeddings.vectors[words].astype(np.float64)
+        radius = np.sqrt(np.einsum("ij,ij->i", offsets, offsets))
+        nearest = np.full((count, k), np.inf)
+        nearest[:, 0] = radius**2
+        ids = np.full((count, k), -1, np.int64)
+        ids[:, 0] = words
+        certified = np.zeros(count, bool)
+        whole = table.k >= self.embeddings.size - 1  # the table holds every word
+        bound = np.asarray(table.distances)[words, -1].astype(np.float64) * (1 - _CERTIFICATE_MARGIN)
+        hopeful = np.arange(count) if whole else np.flatnonzero(bound > radius)
+        neighbour_ids = np.asarray(table.ids)
+        for start in range(0, len(hopeful), self.DECODE_BATCH):
+            rows = hopeful[start : start + self.DECODE_BATCH]
+            candidates = np.hstack([words[rows, None], neighbour_ids[words[rows]]])
+            offsets = self.embeddings.vectors[candidates].astype(np.float64) - vectors[rows, None, :].astype(np.float64)
+            squared = np.einsum("ijk,ijk->ij", offsets, offsets)
+            order = np.argsort(squared, axis=1, kind="stable")[:, :k]
+            nearest[rows] = np.take_along_axis(squared, order, axis=1)
+            ids[rows] = np.take_along_axis(candidates, order, axis=1)
+            certified[rows] = whole or (bound[rows] - radius[rows] > np.sqrt(nearest[rows, -1]) * (1 + _CERTIFICATE_MARGIN))
+        return nearest, ids, certified
 
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._ivf is not None:

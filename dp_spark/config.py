@@ -87,6 +87,9 @@ class EmbeddingsConfig:
     file. ``words_only`` keeps
     only entries the tokenizer can produce as words (drops punctuation entries
     such as "," or "--", so that no word is ever replaced by punctuation).
+    ``min_word_distance`` drops every word closer than it to a more frequent
+    word (near-duplicate junk tokens would otherwise set the vocabulary's
+    minimum distance, which calibrates tgumbel).
     ``artifact``: a folder built by ``python -m dp_spark build`` (any
     storage location); the other keys are then ignored."""
 
@@ -95,6 +98,7 @@ class EmbeddingsConfig:
     vocabulary: str | None = None
     vocab_size: int | None = None
     words_only: bool = True
+    min_word_distance: float | None = None
     artifact: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +202,7 @@ _CHOICES = {
     (ColumnConfig, "output"): COLUMN_OUTPUTS,
 }
 _POSITIVE = {(IndexConfig, "neighbours"), (JobConfig, "min_count"), (EmbeddingsConfig, "vocab_size"),
+             (EmbeddingsConfig, "min_word_distance"),
              (ColumnConfig, "epsilon"), (JobConfig, "max_records_per_batch"),
              (JobConfig, "deniability_sample"), (JobConfig, "deniability_draws")}
 

@@ -7,6 +7,7 @@ order is by corpus frequency, so ``vocab_size`` keeps the most frequent words.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from dp_spark.config import EmbeddingsConfig
 
 DEFAULT_VOCAB_SIZE = 100_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +223,66 @@ def load_embeddings(config: "EmbeddingsConfig") -> Embeddings:
         embeddings = Embeddings.from_text(config.path, config.vocab_size)
     else:
         embeddings = Embeddings.from_npy(config.path, config.vocabulary, config.vocab_size)
-    return only_words(embeddings) if config.words_only else embeddings
+    if config.words_only:
+        embeddings = only_words(embeddings)
+    if config.min_word_distance is not None:
+        embeddings, dropped = without_near_duplicates(embeddings, config.min_word_distance)
+        log.info("vocabulary filter: %d of %d words dropped, each closer than %g to a more frequent word (%s)",
+                 dropped.count, dropped.count + embeddings.size, dropped.min_word_distance, dropped.search)
+    return embeddings
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """What ``without_near_duplicates`` dropped: ``count`` words, each closer
+    than ``min_word_distance`` to a more frequent word that was kept, found
+    by ``search``."""
+
+    min_word_distance: float
+    count: int
+    search: str
+
+
+# Up to this size the near-duplicate pairs are found by exact search; above,
+# by an IVF index probing _NEAR_DUPLICATE_PROBES lists: two words closer than
+# a threshold far below the typical neighbour distance share a list, or lie in
+# lists next to each other, all but never further apart.
+_EXACT_NEAR_DUPLICATE_SEARCH = 20_000
+_NEAR_DUPLICATE_PROBES = 8
+
+
+def without_near_duplicates(embeddings: Embeddings, min_word_distance: float) -> tuple[Embeddings, NearDuplicates]:
+    """The embeddings less every word closer than ``min_word_distance`` to a
+    more frequent word (an earlier one) that is kept: a pair of junk tokens
+    0.005 apart would otherwise set the vocabulary's minimum distance, which
+    calibrates tgumbel. Words are taken in order, so of a cluster of near
+    copies the most frequent stays. Dropped words are outside the vocabulary,
+    handled by the column's ``oov`` rule like any unknown word."""
+    import faiss
+
+    vectors = np.ascontiguousarray(embeddings.vectors, np.float32)
+    if embeddings.size <= _EXACT_NEAR_DUPLICATE_SEARCH:
+        index, search = faiss.IndexFlatL2(embeddings.dim), "exact search"
+    else:
+        lists = int(np.sqrt(embeddings.size))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(embeddings.dim), embeddings.dim, lists)
+        index.train(vectors)
+        index.nprobe = _NEAR_DUPLICATE_PROBES
+        search = f"IVF search, {_NEAR_DUPLICATE_PROBES} of {lists} lists probed"
+    index.add(vectors)
+    limits, squared, found = index.range_search(vectors, float(min_word_distance) ** 2)
+    words = np.repeat(np.arange(embeddings.size), np.diff(limits).astype(np.int64))
+    # Strictly closer, and only earlier words can make a word go.
+    close = (squared < min_word_distance**2) & (found < words)
+    kept = np.ones(embeddings.size, bool)
+    for word, earlier in zip(words[close].tolist(), found[close].tolist()):  # ascending words
+        if kept[earlier]:
+            kept[word] = False
+    dropped = NearDuplicates(float(min_word_distance), int((~kept).sum()), search)
+    if dropped.count == 0:
+        return embeddings, dropped
+    filtered = Embeddings(embeddings.words[kept], embeddings.vectors[kept])
+    return filtered, dropped
 
 
 def only_words(embeddings: Embeddings) -> Embeddings:

@@ -101,3 +101,49 @@ def test_fingerprint_tracks_content():
     assert a.fingerprint == Embeddings.from_arrays(["a", "b"], np.eye(2)).fingerprint
     assert a.fingerprint != Embeddings.from_arrays(["a", "c"], np.eye(2)).fingerprint
     assert a.fingerprint != Embeddings.from_arrays(["a", "b"], 2 * np.eye(2)).fingerprint
+
+
+def near_duplicate_vocabulary(size: int) -> tuple[Embeddings, set[int]]:
+    """Random words with planted near copies: word 10 is 0.001 from word 3
+    (dropped), word 11 is 0.03 from word 10 but 0.031 from word 3 (kept: the
+    only word it is close to is itself dropped), words 20-22 are one cluster
+    of copies of word 5 (all dropped); returns the words expected to go."""
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(size, 8)).astype(np.float32)
+    direction = np.eye(8, dtype=np.float32)[0]
+    vectors[10] = vectors[3] + 0.001 * direction
+    vectors[11] = vectors[3] + 0.031 * direction
+    for word, offset in zip((20, 21, 22), (0.002, -0.002, 0.003)):
+        vectors[word] = vectors[5] + offset * np.eye(8, dtype=np.float32)[1]
+    return Embeddings.from_arrays([f"w{i}" for i in range(size)], vectors), {10, 20, 21, 22}
+
+
+@pytest.mark.parametrize("exact_up_to", [10**6, 100])
+def test_near_duplicates_of_more_frequent_words_are_dropped(monkeypatch, exact_up_to):
+    from dp_spark import embeddings as module
+
+    monkeypatch.setattr(module, "_EXACT_NEAR_DUPLICATE_SEARCH", exact_up_to)
+    embeddings, expected = near_duplicate_vocabulary(3000)
+    filtered, dropped = module.without_near_duplicates(embeddings, 0.02)
+    assert dropped.count == len(expected)
+    assert dropped.search.startswith("exact" if exact_up_to > 3000 else "IVF")
+    assert set(embeddings.words.tolist()) - set(filtered.words.tolist()) == {f"w{i}" for i in expected}
+    vectors = filtered.vectors.astype(np.float64)
+    squared = (vectors**2).sum(1)[:, None] + (vectors**2).sum(1)[None, :] - 2 * vectors @ vectors.T
+    np.fill_diagonal(squared, np.inf)
+    assert np.sqrt(max(squared.min(), 0)) >= 0.02
+
+
+def test_a_vocabulary_without_near_duplicates_keeps_its_fingerprint():
+    from dp_spark.embeddings import without_near_duplicates
+
+    embeddings, _ = near_duplicate_vocabulary(500)
+    filtered, dropped = without_near_duplicates(embeddings, 1e-4)
+    assert dropped.count == 0 and filtered.fingerprint == embeddings.fingerprint
+
+
+def test_min_word_distance_must_be_positive():
+    from dp_spark.config import ConfigError, EmbeddingsConfig
+
+    with pytest.raises(ConfigError, match="embeddings.min_word_distance must be positive"):
+        EmbeddingsConfig.from_dict({"min_word_distance": 0})

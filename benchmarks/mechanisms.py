@@ -1,6 +1,7 @@
 """Throughput of the mechanism kernels (no Spark), on one core.
 
 Usage: python benchmarks/mechanisms.py [--tokens 1000000] [--mlap-tokens 50000]
+       [--mlap-only]
 
 A Zipf-distributed stream of token ids over the default 100k GloVe vocabulary
 is perturbed in batches; each figure is the median of --repeats runs. For
@@ -8,6 +9,13 @@ mlap the same run also times the FAISS search alone on the same noisy vectors
 (the ceiling the mechanism can reach), and the recall@1 of hnsw and ivf
 against exact search. A straightforward per-word Python implementation of
 each mechanism is timed on a sample of the stream as the baseline.
+
+mlap decode: on the same noisy vectors, exact FAISS flat search against the
+mechanism's decode with index_type flat (certified candidates, exact search
+for the rest) and ivf (certified candidates, BatchedIvfSearch at the nprobe
+chosen for recall 0.99), the three timed in turn within each repeat (wall
+and CPU time; the machine may be shared), with recall@1 against exact and
+the share of tokens the certificate settles.
 Prints Markdown for BENCHMARKS.md.
 """
 
@@ -118,6 +126,7 @@ def main() -> None:
     parser.add_argument("--mlap-batch", type=int, default=10_000)
     parser.add_argument("--zipf", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mlap-only", action="store_true", help="only the mlap decode table")
     args = parser.parse_args()
 
     configure_faiss(threads=1)
@@ -125,6 +134,12 @@ def main() -> None:
     table = neighbour_table(embeddings)
     stream = zipf_stream(args.tokens, embeddings.size, args.zipf, seed=1)
     rows = []
+
+    decode_rows = mlap_decode_rows(embeddings, table, stream[: args.mlap_tokens], args.mlap_batch, args.repeats)
+    if args.mlap_only:
+        print_header(args, embeddings, stream)
+        print_decode_rows(decode_rows)
+        return
 
     floor = minimum_epsilon(embeddings.size, table.min_distance)
     for epsilon in (5.0, 10.0, 20.0):
@@ -174,12 +189,7 @@ def main() -> None:
             kind_s = median_seconds(lambda index=index: search_only(index), args.repeats)
             recall_rows.append((kind, epsilon, float((found == truth).mean()), len(mlap_stream) / kind_s))
 
-    print(f"Date: {date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"{platform.processor() or 'cpu'}; faiss {faiss.__version__}, numpy {np.__version__}; 1 thread.")
-    print(f"Stream: Zipf(s={args.zipf}) over {embeddings.size:,} GloVe words; tgumbel {len(stream):,} tokens "
-          f"in batches of {args.batch:,}; mlap {len(mlap_stream):,} tokens in batches of {args.mlap_batch:,}; "
-          f"median of {args.repeats}. Baseline: per-word Python on {args.baseline_tokens:,} tokens "
-          f"({args.baseline_tokens // 4:,} for mlap).\n")
+    print_header(args, embeddings, stream)
     print("| mechanism | eps | tokens/s | FAISS search alone, q/s (mechanism / search) "
           "| per-word baseline, tokens/s | speed-up |")
     print("|---|---|---|---|---|---|")
@@ -189,6 +199,78 @@ def main() -> None:
     print("|---|---|---|---|")
     for kind, epsilon, recall, qps in recall_rows:
         print(f"| {kind} | {epsilon:g} | {recall:.4f} | {qps:,.0f} |")
+    print()
+    print_decode_rows(decode_rows)
+
+
+def print_header(args, embeddings, stream) -> None:
+    print(f"Date: {date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{platform.processor() or 'cpu'}; faiss {faiss.__version__}, numpy {np.__version__}; 1 thread.")
+    print(f"Stream: Zipf(s={args.zipf}) over {embeddings.size:,} GloVe words; tgumbel {len(stream):,} tokens "
+          f"in batches of {args.batch:,}; mlap {args.mlap_tokens:,} tokens in batches of {args.mlap_batch:,}; "
+          f"median of {args.repeats}. Baseline: per-word Python on {args.baseline_tokens:,} tokens "
+          f"({args.baseline_tokens // 4:,} for mlap).\n")
+
+
+def timed(run) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def mlap_decode_rows(embeddings, table, words: np.ndarray, batch: int, repeats: int) -> list[dict]:
+    """Exact flat search vs the mlap decode (flat, ivf) on the same noisy vectors."""
+    exact = build_index(embeddings.vectors, "flat")
+    ivf_index = build_index(embeddings.vectors, "ivf")
+    rows = []
+    for epsilon in (5.0, 10.0, 20.0, 40.0):
+        flat = build_mechanism("mlap", embeddings, epsilon=epsilon, index=exact, neighbours=table)
+        ivf = build_mechanism("mlap", embeddings, epsilon=epsilon, index_type="ivf", index=ivf_index,
+                              neighbours=table)
+        calibration_s = timed(lambda: ivf.ivf_nprobe)[0]
+        noisy = flat.noisy_vectors(words, np.random.default_rng(0))
+
+        def batched(decode):
+            def run():
+                for start in range(0, len(noisy), batch):
+                    decode(noisy[start : start + batch], words[start : start + batch])
+            return run
+
+        runs = {
+            "exact": batched(lambda vectors, _: exact.search(vectors, 1)),
+            "flat": batched(flat.nearest),
+            "ivf": batched(ivf.nearest),
+        }
+        times = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                times[name].append(timed(run))
+        truth = exact.search(noisy, 1)[1][:, 0]
+        row = {"eps": epsilon, "nprobe": ivf.ivf_nprobe, "nlist": ivf._ivf.nlist, "calibration_s": calibration_s,
+               "certified": float(flat.certified(noisy, words).mean())}
+        for name in runs:
+            row[name + "_wall"] = statistics.median(t[0] for t in times[name])
+            row[name + "_cpu"] = statistics.median(t[1] for t in times[name])
+        row["flat_recall"] = float(np.mean(flat.nearest(noisy, words)[1][:, 0] == truth))
+        row["ivf_recall"] = float(np.mean(ivf.nearest(noisy, words)[1][:, 0] == truth))
+        row["tokens"] = len(words)
+        rows.append(row)
+    return rows
+
+
+def print_decode_rows(rows: list[dict]) -> None:
+    print("| eps | certified | decode | recall@1 vs exact | q/s (wall) | vs exact flat, wall | vs exact flat, CPU |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        n = row["tokens"]
+        print(f"| {row['eps']:g} | {row['certified']:.1%} | exact FAISS flat | 1 | {n / row['exact_wall']:,.0f} | 1.00x | 1.00x |")
+        for name, label in (("flat", "flat: certified + exact search"),
+                            ("ivf", f"ivf: certified + batched IVF, nprobe {row['nprobe']}/{row['nlist']}")):
+            print(f"| {row['eps']:g} | | {label} | {row[name + '_recall']:.4f} | {n / row[name + '_wall']:,.0f} "
+                  f"| {row['exact_wall'] / row[name + '_wall']:.2f}x | {row['exact_cpu'] / row[name + '_cpu']:.2f}x |")
+    print("\nnprobe chosen (calibration, s): " + ", ".join(
+        f"eps {row['eps']:g}: {row['nprobe']} ({row['calibration_s']:.1f} s)" for row in rows))
 
 
 if __name__ == "__main__":

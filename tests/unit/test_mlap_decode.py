@@ -61,9 +61,9 @@ def test_certified_decode_is_the_exact_nearest(vocabulary, k):
     distances, found = m.nearest(vectors, words, k)
     assert_same_nearest(found, squared, k, tolerance)
     assert (np.abs(distances - np.sort(squared, axis=1)[:, :k]) <= 2 * tolerance[:, None]).all()
-    # The certified ones alone (no search at all) are exact, to float64 rounding.
+    # The certified ones alone (no search at all) are exact, to float32 rounding of direct differences.
     only_certified = m._candidates(vectors[certified], words[certified], k)[1]
-    assert_same_nearest(only_certified, squared[certified], k, 1e-12 * squared[certified].max(axis=1))
+    assert_same_nearest(only_certified, squared[certified], k, 1e-5 * squared[certified].max(axis=1))
 
 
 def test_vickrey_takes_the_exact_two_nearest(vocabulary):

@@ -74,7 +74,7 @@ from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.spark.io import TRANSACTIONAL_FORMATS, Input, check_output, read_input, typed_partitions
 from dp_spark.spark.perturber import DPTextPerturber, check_id_column, input_kind, perturb
 from dp_spark.spark.session import is_connect, phase
-from dp_spark.spark.statistics import collect_statistics
+from dp_spark.spark.statistics import collect_statistics, collect_statistics_and_repeated_keys
 from dp_spark.spark.tables import STATISTICS_TABLES, ColumnReport, privacy_stats, substitution_tables, write_frame
 
 log = logging.getLogger("dp_spark.perturb")
@@ -307,11 +307,15 @@ def check_unique_ids(frame: DataFrame, id_column: str) -> None:
     repeated = (frame.groupBy(id_column).count().where(F.col("count") > 1)
                 .agg(F.count(F.lit(1)).alias("keys"), F.sum("count").alias("rows")).first())
     if repeated and repeated["keys"]:
-        raise InputError(
-            f"id column {id_column!r} is not unique: {repeated['keys']} value(s) repeat, over "
-            f"{repeated['rows']} rows; rows with one key would get identical noise (their outputs would "
-            "reveal that they share input words); deduplicate the input or key by another column"
-        )
+        _refuse_repeated_ids(id_column, repeated["keys"], repeated["rows"])
+
+
+def _refuse_repeated_ids(id_column: str, keys: int, rows: int) -> None:
+    raise InputError(
+        f"id column {id_column!r} is not unique: {keys} value(s) repeat, over {rows} rows; rows with one key "
+        "would get identical noise (their outputs would reveal that they share input words); deduplicate the "
+        "input or key by another column"
+    )
 
 
 def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_id: str,
@@ -373,13 +377,20 @@ def _perturb_and_write(spark: SparkSession, config: Config, plan: _Plan, run_id:
             write_journal(staging, run_id, [])
         with timer("perturb and write the table"), phase(spark, run_id, "perturb and write table"):
             staged_table = _write_table(perturbation.data, config, staging)
+        vocab_size, min_count = len(plan.runtime.vocabulary), config.job.min_count
         if config.job.id_column and not direct:
-            # Checked on the pass just computed (cached), before anything is published.
-            with timer("check that row keys are unique"), phase(spark, run_id, "check row keys"):
-                check_unique_ids(perturbation.data, config.job.id_column)
-        with timer("sum the statistics"), phase(spark, run_id, "sum statistics"):
-            summed = collect_statistics(perturbation.stat_rows, perturbation.outputs,
-                                        len(plan.runtime.vocabulary), config.job.min_count)
+            # Checked on the pass just computed (cached), before anything is published, in the
+            # statistics' job: a small run pays one job's fixed cost, not two.
+            with timer("sum the statistics and check that row keys are unique"), \
+                    phase(spark, run_id, "sum statistics, check row keys"):
+                summed, (keys, rows) = collect_statistics_and_repeated_keys(
+                    perturbation.stat_rows, perturbation.outputs, vocab_size, min_count, perturbation.data,
+                    config.job.id_column)
+            if keys:
+                _refuse_repeated_ids(config.job.id_column, keys, rows)
+        else:
+            with timer("sum the statistics"), phase(spark, run_id, "sum statistics"):
+                summed = collect_statistics(perturbation.stat_rows, perturbation.outputs, vocab_size, min_count)
     finally:
         combined.unpersist()
     return staged_table, summed

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -30,6 +31,8 @@ STAT_ARROW_TYPE = pa.struct([pa.field(name, arrow) for name, arrow, _ in STAT_FI
 STAT_SPARK_TYPE = T.StructType([T.StructField(name, spark) for name, _, spark in STAT_FIELDS])
 PAIRS = "pairs"
 SUPPRESSED = "pairs_below_min_count"
+# Rows of output -1: the row keys that repeat, and the rows holding them.
+REPEATED_KEYS, REPEATED_ROWS = "repeated_keys", "repeated_key_rows"
 COUNTER_PREFIX = "n:"
 
 _FIELDS = [f for f in dataclasses.fields(ColumnStatistics) if f.name != "vocab_size"]
@@ -78,6 +81,29 @@ def collect_statistics(
     seen at least ``min_count`` times; returns, per output column, its
     statistics (pairs: the frequent ones only) and how many pairs were
     suppressed."""
+    return _statistics(_summed(stat_rows, min_count).toPandas(), outputs, vocab_size)
+
+
+def collect_statistics_and_repeated_keys(
+    stat_rows: DataFrame, outputs: list[str], vocab_size: int, min_count: int, data: DataFrame, id_column: str
+) -> tuple[dict[str, tuple[ColumnStatistics, int]], tuple[int, int]]:
+    """``collect_statistics``, and in the same Spark job (a small run pays
+    a job's fixed cost once) how many values of ``id_column`` repeat in
+    ``data`` and over how many rows: (statistics, (keys, rows))."""
+    repeated = (data.groupBy(id_column).count().where(F.col("count") > 1)
+                .agg(F.count(F.lit(1)).alias("keys"), F.coalesce(F.sum("count"), F.lit(0)).alias("rows"))
+                .select(F.lit(-1).alias("output"),
+                        F.expr(f"stack(2, '{REPEATED_KEYS}', keys, '{REPEATED_ROWS}', rows) AS (kind, count)"))
+                .select("output", "kind", F.lit(0).cast("long").alias("key"), F.col("count").cast("long")))
+    rows = _summed(stat_rows, min_count).unionByName(repeated).toPandas()
+    checks = rows[rows["output"] == -1].set_index("kind")["count"]
+    repeated_keys = (int(checks.get(REPEATED_KEYS, 0)), int(checks.get(REPEATED_ROWS, 0)))
+    return _statistics(rows, outputs, vocab_size), repeated_keys
+
+
+def _summed(stat_rows: DataFrame, min_count: int) -> DataFrame:
+    """The stat rows summed by (output, kind, key), pairs seen fewer than
+    ``min_count`` times replaced by one count per output."""
     totals = stat_rows.groupBy("output", "kind", "key").agg(F.sum("count").alias("count"))
     kept = totals.where((F.col("kind") != PAIRS) | (F.col("count") >= min_count))
     suppressed = (
@@ -85,7 +111,10 @@ def collect_statistics(
         .groupBy("output").count()
         .select("output", F.lit(SUPPRESSED).alias("kind"), F.lit(0).cast("long").alias("key"), "count")
     )
-    rows = kept.unionByName(suppressed).toPandas()
+    return kept.unionByName(suppressed)
+
+
+def _statistics(rows: pd.DataFrame, outputs: list[str], vocab_size: int) -> dict[str, tuple[ColumnStatistics, int]]:
     result = {}
     for index, name in enumerate(outputs):
         part = rows[rows["output"] == index]

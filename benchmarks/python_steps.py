@@ -14,7 +14,10 @@ draws), replacements (substitutes and their case: ``_word_targets``),
 assemble (the output column: ``_Pool``), statistics (``add_batch``, and
 ``build`` at the end as a Spark task does); "other" is what ``apply``
 spends outside them. A step called within another is charged to itself. ns per word token, median
-of --repeats passes over the data. Prints Markdown for BENCHMARKS.md.
+of --repeats passes over the data. Times are this process's CPU time
+(numpy and BLAS on one thread), so that other processes on a shared
+machine inflate them only through the caches they share, not by taking the
+core. Prints Markdown for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class StepClock:
 
     def wrap(self, step: str, function):
         def timed(*args, **kwargs):
-            now = time.perf_counter()
+            now = time.process_time()
             if self._stack:
                 self.seconds[self._stack[-1]] += now - self._since
             self._stack.append(step)
@@ -78,7 +81,7 @@ class StepClock:
             try:
                 return function(*args, **kwargs)
             finally:
-                now = time.perf_counter()
+                now = time.process_time()
                 self.seconds[self._stack.pop()] += now - self._since
                 self._since = now
 
@@ -131,14 +134,14 @@ def main() -> None:
             for repeat in range(args.repeats + 1):
                 clock.seconds.clear()
                 builder = StatisticsBuilder(len(runtime.vocabulary))
-                start = time.perf_counter()
+                start = time.process_time()
                 for batch in batches:
                     row_keys = mix64(np.asarray(batch.column("id")).astype(np.uint64))
                     random_for = clock.wrap(
                         "keys", lambda per_row, row_keys=row_keys: KeyedRandom(token_keys(row_keys, per_row)))
                     perturbation.apply(batch.column(column), random_for, builder)
                 builder.build()  # counts what was kept aside, as each Spark task does at its end
-                total = time.perf_counter() - start
+                total = time.process_time() - start
                 steps = dict(clock.seconds)
                 steps["other"] = total - sum(steps.values())
                 if repeat:  # the first pass warms caches up
@@ -146,7 +149,8 @@ def main() -> None:
             total = statistics.median(p[0] for p in passes)
             results[(name, kind)] = (total, {s: statistics.median(p[1].get(s, 0.0) for p in passes) for s in STEPS})
 
-    print(f"Date: {date.today()}; {platform.machine()}, {os.cpu_count()} cores, one thread; {table.num_rows:,} "
+    print(f"Date: {date.today()}; {platform.machine()}, {os.cpu_count()} cores, one thread, CPU time; load average "
+          f"{os.getloadavg()[0]:.2f}; {table.num_rows:,} "
           f"sentences, {words:,} words, batches of {args.batch_rows:,} rows; median of {args.repeats}.\n")
     print("| mechanism | column | total ns/token | tokens/s | " + " | ".join(STEPS) + " |")
     print("|---|---|---|---|" + "---|" * len(STEPS))

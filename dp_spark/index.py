@@ -22,6 +22,10 @@ from dp_spark.embeddings import Embeddings
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
+# Bound on the relative error of a float32 distance computed by direct
+# differences in up to ~100 dimensions: (n + 3) u / 2 on the distance
+# (n roundings in the sum of squares, u = 2^-24 ~ 6e-8), with room to spare.
+_DIRECT_ERROR = 4e-6
 DEFAULT_NEIGHBOURS = 64
 
 # faiss-cpu keeps batches of fewer queries than this on a scalar path; measured
@@ -296,22 +300,44 @@ def exact_order(
     vectors: np.ndarray, rows: np.ndarray, ids: np.ndarray, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """The neighbours ``ids`` of the words ``rows`` sorted by their exact
-    distance (float64, then float32), nearest first, ties kept in search
-    order: FAISS's float32 ||x||^2 + ||y||^2 - 2xy loses digits for close
-    words, and the smallest of these distances calibrates tgumbel. Chunks of
-    ``chunk`` rows keep the float64 temporaries in cache."""
-    distances = np.empty(ids.shape, np.float64)
+    distance, nearest first, ties kept in search order: FAISS's float32
+    ||x||^2 + ||y||^2 - 2xy loses digits for close words, and the smallest
+    of these distances calibrates tgumbel.
+
+    Distances are recomputed by direct differences in float32 (relative
+    error below ``_DIRECT_ERROR``, no cancellation); where two of a row's
+    distances are closer than twice that, those entries are recomputed in
+    float64 and the row re-sorted, so the order is the float64 order.
+    Chunks of ``chunk`` rows keep the temporaries in cache."""
+    rows = np.asarray(rows)
+    ids = np.asarray(ids)
+    distances = np.empty(ids.shape, np.float32)
     for start in range(0, len(rows), chunk):
         part = slice(start, start + chunk)
-        offsets = vectors[ids[part]].astype(np.float64)
-        offsets -= vectors[rows[part], None, :].astype(np.float64)
-        np.square(offsets, out=offsets)
-        np.sqrt(offsets.sum(axis=2), out=distances[part])
+        offsets = vectors[ids[part]]
+        offsets -= vectors[rows[part], None, :]
+        np.einsum("ijk,ijk->ij", offsets, offsets, out=distances[part])
+    np.sqrt(distances, out=distances)
     order = np.argsort(distances, axis=1, kind="stable")
-    return (
-        np.take_along_axis(ids, order, axis=1),
-        np.take_along_axis(distances, order, axis=1).astype(np.float32),
-    )
+    ids = np.take_along_axis(ids, order, axis=1)
+    distances = np.take_along_axis(distances, order, axis=1)
+    close = np.diff(distances, axis=1) <= 2 * _DIRECT_ERROR * distances[:, 1:]
+    if close.any():
+        involved = np.zeros(ids.shape, bool)
+        involved[:, 1:] |= close
+        involved[:, :-1] |= close
+        tied = np.flatnonzero(involved.any(axis=1))
+        mixed = distances[tied].astype(np.float64)
+        at_row, at_column = np.nonzero(involved[tied])
+        offsets = vectors[ids[tied[at_row], at_column]].astype(np.float64)
+        offsets -= vectors[rows[tied[at_row]]].astype(np.float64)
+        mixed[at_row, at_column] = np.sqrt(np.einsum("ij,ij->i", offsets, offsets))
+        # Entries outside a close group are more than twice the error from
+        # their neighbours, so exact values within their group cannot cross them.
+        reorder = np.argsort(mixed, axis=1, kind="stable")
+        ids[tied] = np.take_along_axis(ids[tied], reorder, axis=1)
+        distances[tied] = np.take_along_axis(mixed, reorder, axis=1)
+    return ids, distances
 
 
 def vocabulary_diameter(vectors: np.ndarray, block: int = 128) -> float:

@@ -77,3 +77,26 @@ def test_index_round_trips_through_bytes(small_embeddings, index_type):
 def test_unknown_index_type(small_embeddings):
     with pytest.raises(ValueError, match="index type must be one of flat, hnsw, ivf; got 'annoy'"):
         build_index(small_embeddings.vectors, "annoy")
+
+
+def test_exact_order_is_the_float64_order_with_near_ties_and_duplicates():
+    """The float32 re-rank gives the float64 order, ties in search order,
+    also where words are near-copies (distances equal to ~1e-7, inside the
+    float32 rounding) or exact duplicates."""
+    from dp_spark.index import exact_order
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(300, 50)).astype(np.float32)
+    copies = base[:100] + rng.normal(scale=3e-7, size=(100, 50)).astype(np.float32)
+    vectors = np.vstack([base, copies, base[:20]])  # near-copies, then exact duplicates
+    rows = np.arange(len(vectors))
+    ids = np.stack([rng.permutation(np.delete(rows, row))[:40] for row in rows])
+    ids[:, :2] = (rows[:, None] + np.array([[100, 300]])) % len(vectors)  # a copy's pair among the neighbours
+    ids[ids == rows[:, None]] = (rows[:, None] + 1).repeat(40, axis=1)[ids == rows[:, None]]
+    found, distances = exact_order(vectors, rows, ids)
+    exact = np.sqrt(((vectors[ids].astype(np.float64) - vectors[rows, None, :].astype(np.float64)) ** 2).sum(axis=2))
+    order = np.argsort(exact, axis=1, kind="stable")
+    np.testing.assert_array_equal(found, np.take_along_axis(ids, order, axis=1))
+    np.testing.assert_allclose(distances, np.take_along_axis(exact, order, axis=1), rtol=1e-6)
+    gaps = np.diff(np.sort(exact, axis=1), axis=1) / np.maximum(np.sort(exact, axis=1)[:, 1:], 1e-30)
+    assert (gaps < 1e-6).any(axis=1).sum() > 20  # near-ties were exercised

@@ -314,7 +314,7 @@ def exact_order(
     distances = np.empty(ids.shape, np.float32)
     for start in range(0, len(rows), chunk):
         part = slice(start, start + chunk)
-        offsets = vectors[ids[part]]
+        offsets = np.take(vectors, ids[part], axis=0)  # take: ~2x faster than fancy indexing here
         offsets -= vectors[rows[part], None, :]
         np.einsum("ijk,ijk->ij", offsets, offsets, out=distances[part])
     np.sqrt(distances, out=distances)

@@ -237,7 +237,7 @@ class MultivariateLaplace(Mechanism):
             candidates = np.hstack([words[rows, None], neighbour_ids[words[rows]]])
             # Direct differences in float32: each squared distance within ~1e-6
             # relative (no |z|^2 + |c|^2 - 2 z.c cancellation), far inside the margin.
-            offsets = self.embeddings.vectors[candidates]
+            offsets = np.take(self.embeddings.vectors, candidates, axis=0)
             offsets -= vectors[rows, None, :]
             squared = np.einsum("ijk,ijk->ij", offsets, offsets).astype(np.float64)
             order = np.argsort(squared, axis=1, kind="stable")[:, :k]

@@ -179,11 +179,11 @@ def main() -> int:
     print(f"\n{artifact.meta['words']:,} words, {args.rows:,} rows perturbed (tgumbel + mlap) in {seconds:.1f} s; "
           f"artifact files {sum(sizes.values()) * mb:.0f} MB")
     for pid, w in workers.items():
-        files = w["artifact_files"]
+        mapped = {key: sum(f[key] for f in w["artifact_files"].values()) * mb for key in ("Rss", "Pss")}
         print(f"worker {pid}: peak {w['VmHWM'] * mb:.0f} MB (VmHWM), now {w['VmRSS'] * mb:.0f} MB = anon "
               f"{w['RssAnon'] * mb:.0f} + file {w['RssFile'] * mb:.0f} MB; Pss anon {w['smaps_Pss_Anon'] * mb:.0f}, "
-              f"file {w['smaps_Pss_File'] * mb:.0f} MB; artifact mapped: Rss "
-              f"{sum(f['Rss'] for f in files.values()) * mb:.0f} MB, Pss {sum(f['Pss'] for f in files.values()) * mb:.0f} MB")
+              f"file {w['smaps_Pss_File'] * mb:.0f} MB; artifact mapped: Rss {mapped['Rss']:.0f} MB, "
+              f"Pss {mapped['Pss']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -137,7 +137,8 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --spark: flat (exact, the driver's table) or ivf (approximate); auto: ivf from "
                              "1M words")
     parser.add_argument("--slices", type=int, help="with --spark: query slices (tasks; default one per 16,384 words)")
-    parser.add_argument("--nprobe", type=int, default=32, help="with --spark --search ivf: lists probed per word")
+    parser.add_argument("--nprobe", type=int, default=256,
+                        help="with --spark --search ivf: lists probed per word (recall@64 0.99 at 400k words)")
     parser.add_argument("--threads", type=int, help="with --spark: FAISS threads per task (default: the driver's, "
                                                     "which makes the flat table the driver's own exactly)")
     _spark_arguments(parser)

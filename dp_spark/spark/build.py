@@ -63,7 +63,9 @@ SEARCHES = ("auto", "flat", "ivf")
 # From this many words "auto" searches with IVF: an exact flat search costs
 # |V|^2 distances (10^12 at 1M words).
 IVF_FROM = 1_000_000
-DEFAULT_NPROBE = 32
+# Measured at 400k words (2,322 lists), recall@64 of the table against exact:
+# nprobe 32: 0.78, 64: 0.89, 128: 0.96, 256: 0.99 (nearest word right 0.999).
+DEFAULT_NPROBE = 256
 # The driver's query batch (build_neighbour_table's default).
 BATCH_SIZE = 4096
 # Default slice: about this many query words per task.

@@ -331,8 +331,13 @@ class Comparison:
         if self.outside:
             parts.append(f"not compared at epsilon {_epsilons(self.outside)} (outside {self.baseline}'s range)")
         differences = self.table["difference"]
-        return (f"{self.challenger} {'; '.join(parts)} (difference in {METRICS[self.metric]} "
-                f"{differences.min():+.3f} to {differences.max():+.3f}).")
+        return (f"{'; '.join(parts)} (difference in {METRICS[self.metric]} {_signed(differences.min())} to "
+                f"{_signed(differences.max())}).")
+
+
+def _signed(value: float) -> str:
+    """``value`` to three decimals with its sign, zero as +0.000 (never -0.000)."""
+    return f"{round(value, 3) + 0.0:+.3f}"
 
 
 def _epsilons(values: Any) -> str:
@@ -433,7 +438,9 @@ def comparisons(points: pd.DataFrame, baseline: str | None, metric: str) -> list
 
 LABEL_OFFSETS = ((6, -11, "left"), (6, 4, "left"), (-6, 4, "right"), (-6, -11, "right"),
                  (6, -20, "left"), (6, 13, "left"), (-6, 13, "right"), (-6, -20, "right"),
-                 (10, -3, "left"), (-10, -3, "right"), (6, -30, "left"), (6, 23, "left"))
+                 (10, -3, "left"), (-10, -3, "right"), (6, -30, "left"), (6, 23, "left"),
+                 (-6, -30, "right"), (-6, 23, "right"), (16, -3, "left"), (-16, -3, "right"),
+                 (6, -40, "left"), (6, 33, "left"), (-6, -40, "right"), (-6, 33, "right"))
 # Points of one mechanism closer than this (pixels) share one epsilon label.
 MERGE_PIXELS = 14.0
 
@@ -495,7 +502,8 @@ def label_epsilons(axis: Any, marks: list[tuple[float, float, float, float, str]
     """Label each point (x, y, error, epsilon, mechanism) with its epsilon:
     a mechanism's points that lie on top of each other share one label
     ("100, 200, 400"), and each label takes the first offset around its
-    point that overlaps no other label, marker or error bar."""
+    point that overlaps no other label, marker or error bar, or where none
+    is clear, the one that overlaps them least."""
     from matplotlib.transforms import Bbox
 
     pixels = [axis.transData.transform((x, y)) for x, y, _, _, _ in marks]
@@ -515,16 +523,30 @@ def label_epsilons(axis: Any, marks: list[tuple[float, float, float, float, str]
     for group in groups:
         x, y, _, _, mechanism = marks[group[0]]
         text = ", ".join(f"{marks[i][3]:g}" for i in sorted(group, key=lambda i: marks[i][3]))
+        best = None
         for dx, dy, align in LABEL_OFFSETS:
             label = axis.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
                                   ha=align, color=colours[mechanism])
             box = label.get_window_extent(renderer)
-            clear = (inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
-                     and not any(box.overlaps(other) for other in placed + obstacles))
-            if clear or (dx, dy, align) == LABEL_OFFSETS[-1]:
-                placed.append(box)
-                break
+            # Labels over labels are the worst: they become unreadable; a label over a bar stays legible.
+            overlap = (10 * sum(_area(box, other) for other in placed) + sum(_area(box, o) for o in obstacles)
+                       + 100 * (box.width * box.height - _area(box, inside)))
             label.remove()
+            if best is None or overlap < best[0]:
+                best = (overlap, dx, dy, align)
+            if overlap == 0:
+                break
+        _, dx, dy, align = best
+        label = axis.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=align,
+                              color=colours[mechanism])
+        placed.append(label.get_window_extent(renderer))
+
+
+def _area(box: Any, other: Any) -> float:
+    """The area two boxes share (0 when they do not overlap)."""
+    width = min(box.x1, other.x1) - max(box.x0, other.x0)
+    height = min(box.y1, other.y1) - max(box.y0, other.y0)
+    return max(width, 0.0) * max(height, 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -560,8 +582,8 @@ def report(dataset: str, summary: pd.DataFrame, found: list[Comparison], setting
                 level = f"{row.level:g}" if spec.logarithmic else f"{row.level:.3f}"
                 lines.append(
                     f"| {MODELS[row.model]} | {row.challenger} | {row.epsilon:g} | {level} | "
-                    f"{row.challenger_value:.3f} | {row.baseline_value:.3f} | {row.difference:+.3f} "
-                    f"({row.ci_low:+.3f} to {row.ci_high:+.3f}) | {row.outcome} |")
+                    f"{row.challenger_value:.3f} | {row.baseline_value:.3f} | {_signed(row.difference)} "
+                    f"({_signed(row.ci_low)} to {_signed(row.ci_high)}) | {row.outcome} |")
             lines.append("")
     lines += _all_points(summary, settings["metrics"])
     lines += ["", "![utility against privacy](evaluation.png)", ""]
@@ -580,7 +602,8 @@ def _setup(settings: dict[str, Any]) -> list[str]:
     return [
         f"Data: {settings['rows']} labeled rows"
         + (f" ({settings['dropped']} without a label or any text left out)" if settings["dropped"] else "")
-        + f"; text: {' + '.join(settings['text_columns'])}"
+        + f"; text column{'s' if len(settings['text_columns']) > 1 else ''} "
+        + " + ".join(settings["text_columns"])
         + (" (joined with a space; every token is perturbed alike, so joining first does not change the law)"
            if len(settings["text_columns"]) > 1 else "")
         + f"; labels: {classes}. Split: {split}; seeds {settings['seeds']}. Training text perturbed, test text "

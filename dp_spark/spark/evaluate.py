@@ -51,7 +51,7 @@ import logging
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -104,9 +104,10 @@ TOKEN_PATTERN = "[^\\p{L}\\p{N}']+"
 # sets the tasks' overhead dominates, and one partition per 100,000 rows fits
 # 2-3 times faster than the usual four (measured on the 2,400-row sentiment set).
 ROWS_PER_MODEL_PARTITION = 100_000
-# Those one-task jobs wait on scheduling more than they compute: two fits at
-# a time keep two cores busy (1.4-1.6x on the 2-core machine).
-FIT_THREADS = 2
+# Those one-task jobs wait on scheduling more than they compute: eight fits of
+# the sentiment set took 46 s two at a time, 28 s four at a time and 31 s
+# eight at a time (the 2-core machine, shared: load average 11-13).
+FIT_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -462,57 +463,98 @@ def _embeddings_name(embeddings: Any) -> str:
     return str(embeddings.artifact or embeddings.path)
 
 
+@dataclass(frozen=True)
+class Group:
+    """The models of one seed on the original text, or on one mechanism's
+    epsilon grid: trained on inputs made by one cached pass."""
+
+    seed: int
+    mechanism: str
+    epsilons: tuple[float, ...]
+
+
 def score_points(spark: SparkSession, data: LabeledData, settings: EvaluationSettings, runtime: Runtime,
                  shipped: ShippedArtifact, params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Both models' test scores for the original text and every (mechanism,
-    epsilon), per seed. Per seed and mechanism, the inputs of the whole
-    epsilon grid come from one cached pass, and the models train on them
-    ``FIT_THREADS`` at a time."""
+    epsilon), per seed. Per seed and mechanism one cached pass makes the
+    inputs of the whole epsilon grid (in as many tasks as the shuffle has
+    partitions: the split leaves the training rows in one), and the next
+    group's pass runs while the models of the groups before it train,
+    ``FIT_THREADS`` at a time. With a fixed split the original text's models
+    are the same for every seed: trained once."""
+    model_partitions = max(1, math.ceil(data.rows / ROWS_PER_MODEL_PARTITION))
+    perturb_partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    fixed = bool(settings.split_column)
+    groups = [Group(seed, name, grid) for seed in settings.seeds
+              for name, grid in [("original", (math.inf,)), *settings.epsilons.items()]
+              if not (fixed and name == "original" and seed != settings.seeds[0])]
+    original_tests: dict[int, DataFrame] = {}  # per seed, or one for a fixed split
+
+    def cached(frame: DataFrame) -> DataFrame:
+        frame = frame.repartition(model_partitions).persist()
+        frame.count()
+        return frame
+
+    def prepare(group: Group) -> tuple[DataFrame, DataFrame, list[str], list[str]]:
+        """The group's cached training and test inputs and, per epsilon, the
+        columns its models train and are tested on."""
+        train, test = labeled_splits(data.frame, settings, group.seed)
+        perturbers = [] if group.mechanism == "original" else [
+            _perturber(runtime, group.mechanism, epsilon, params[group.mechanism], f"_text_{k}", group.seed)
+            for k, epsilon in enumerate(group.epsilons)
+        ]
+        texts = [p.getOutputCol() for p in perturbers] or ["_text"]
+        with phase(spark, "evaluate", f"seed {group.seed}: {group.mechanism}, model inputs"):
+            split = settings.seeds[0] if fixed else group.seed
+            if split not in original_tests:
+                original_tests[split] = cached(model_inputs(test, [], shipped))
+            train_inputs = cached(model_inputs(train.repartition(perturb_partitions), perturbers, shipped))
+            if perturbers and settings.perturb_test:
+                return (train_inputs, cached(model_inputs(test.repartition(perturb_partitions), perturbers, shipped)),
+                        texts, texts)
+        return train_inputs, original_tests[split], texts, ["_text"] * len(texts)
+
+    def fit(group: Group, train: DataFrame, test: DataFrame, epsilon: float, text: str, test_text: str,
+            model: str) -> dict[str, Any]:
+        with phase(spark, "evaluate", f"seed {group.seed}: {group.mechanism} eps {epsilon:g}, {MODELS[model]}"):
+            estimator = bag_of_words(settings) if model == "bag_of_words" else averaged_embeddings()
+            fitted = estimator.fit(model_view(train, text))
+            acc, f1 = score(fitted, model_view(test, test_text))
+        log.info("seed %d: %s eps %g, %s: accuracy %.3f, macro-F1 %.3f",
+                 group.seed, group.mechanism, epsilon, MODELS[model], acc, f1)
+        return {"model": model, "mechanism": group.mechanism, "epsilon": epsilon, "seed": group.seed,
+                "accuracy": acc, "macro_f1": f1}
+
     points: list[dict[str, Any]] = []
-    partitions = max(1, math.ceil(data.rows / ROWS_PER_MODEL_PARTITION))
-    original_scores: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(FIT_THREADS, thread_name_prefix="fit") as fitting:
-        for seed in settings.seeds:
-            train, test = labeled_splits(data.frame, settings, seed)
-            original_test = model_inputs(test, [], shipped).repartition(partitions).cache()
-            # With a fixed split the original text's models are the same for every seed: trained once.
-            fixed = bool(settings.split_column and original_scores)
-            groups = [] if fixed else [("original", (math.inf,))]
-            for name, grid in [*groups, *settings.epsilons.items()]:
-                perturbers = [] if name == "original" else [
-                    _perturber(runtime, name, epsilon, params[name], f"_text_{k}", seed)
-                    for k, epsilon in enumerate(grid)
-                ]
-                with phase(spark, "evaluate", f"seed {seed}: {name}, model inputs"):
-                    train_inputs = model_inputs(train, perturbers, shipped).repartition(partitions).persist()
-                    train_inputs.count()
-                    test_inputs = original_test
-                    if perturbers and settings.perturb_test:
-                        test_inputs = model_inputs(test, perturbers, shipped).repartition(partitions).persist()
-                texts = [p.getOutputCol() for p in perturbers] or ["_text"]
+    # Groups whose fits were submitted: (fits, the inputs they alone use). At most two are held.
+    training: list[tuple[list[Future], list[DataFrame]]] = []
 
-                def fit(job: tuple[float, str, str]) -> dict[str, Any]:
-                    epsilon, text, model = job
-                    test_text = "_text" if test_inputs is original_test else text
-                    with phase(spark, "evaluate", f"seed {seed}: {name} eps {epsilon:g}, {MODELS[model]}"):
-                        estimator = bag_of_words(settings) if model == "bag_of_words" else averaged_embeddings()
-                        fitted = estimator.fit(model_view(train_inputs, text))
-                        acc, f1 = score(fitted, model_view(test_inputs, test_text))
-                    log.info("seed %d: %s eps %g, %s: accuracy %.3f, macro-F1 %.3f",
-                             seed, name, epsilon, MODELS[model], acc, f1)
-                    return {"model": model, "mechanism": name, "epsilon": epsilon, "seed": seed,
-                            "accuracy": acc, "macro_f1": f1}
+    def finish() -> None:
+        fits, inputs = training.pop(0)
+        points.extend(f.result() for f in fits)
+        for frame in inputs:
+            frame.unpersist()
 
-                scored = list(fitting.map(fit, [(e, t, m) for e, t in zip(grid, texts) for m in MODELS]))
-                points += scored
-                if name == "original":
-                    original_scores = scored
-                train_inputs.unpersist()
-                if test_inputs is not original_test:
-                    test_inputs.unpersist()
-            if fixed:
-                points += [{**point, "seed": seed} for point in original_scores]
-            original_test.unpersist()
+    with (ThreadPoolExecutor(FIT_THREADS, thread_name_prefix="fit") as fitting,
+          ThreadPoolExecutor(1, thread_name_prefix="inputs") as preparing):
+        upcoming = preparing.submit(prepare, groups[0])
+        for k, group in enumerate(groups):
+            train, test, texts, test_texts = upcoming.result()
+            if k + 1 < len(groups):
+                upcoming = preparing.submit(prepare, groups[k + 1])
+            fits = [fitting.submit(fit, group, train, test, epsilon, text, test_text, model)
+                    for epsilon, text, test_text in zip(group.epsilons, texts, test_texts) for model in MODELS]
+            perturbed_test = settings.perturb_test and group.mechanism != "original"
+            training.append((fits, [train, test] if perturbed_test else [train]))
+            while len(training) > 2:
+                finish()
+        while training:
+            finish()
+    for frame in original_tests.values():
+        frame.unpersist()
+    if fixed:
+        original = [p for p in points if p["mechanism"] == "original"]
+        points += [{**p, "seed": seed} for seed in settings.seeds[1:] for p in original]
     return points
 
 

@@ -1,11 +1,15 @@
-"""The neighbour table of the default vocabulary built on the driver and by
-Spark tasks, paired in one process and one local[2] session (its start
-excluded): seconds, and whether the tables are equal.
+"""Neighbour table build against a bare FAISS kNN search, same vectors, same threads.
 
-    nice .venv/bin/python benchmarks/table_build.py [--vocab-size 100000] [--k 64]
+Usage: python benchmarks/table_build.py [--words 30000] [--k 64] [--threads 1] [--repeats 3]
 
-Order: driver, Spark with the driver's FAISS threads per task (the default,
-identical table), Spark with 1 thread per task, driver again.
+The first --words words of the default GloVe vocabulary (0: all of it).
+Timed in turn within each repeat (median reported, wall and CPU time; the
+machine may be shared): ``index.build_neighbour_table(embeddings, k)`` (what a
+fresh cache costs: flat index, search, self removed, exact re-rank,
+vocabulary diameter) and a bare ``faiss.IndexFlatL2`` ``search(vectors, k + 1)``
+over the same vectors with the same FAISS threads. Its parts are timed
+alone too (the re-rank ``exact_order`` and ``vocabulary_diameter``).
+Prints Markdown for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -13,44 +17,81 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-import numpy as np
+_threads = "1"
+if "--threads" in sys.argv:
+    _threads = sys.argv[sys.argv.index("--threads") + 1]
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, _threads)
+
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from datetime import date  # noqa: E402
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dp_spark.embeddings import Embeddings  # noqa: E402
+from dp_spark.index import (  # noqa: E402
+    build_neighbour_table,
+    configure_faiss,
+    exact_order,
+    vocabulary_diameter,
+    without_self,
+)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab-size", type=int, default=100_000)
+def timed(run) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--words", type=int, default=30_000, help="first N words of the default vocabulary (0: all)")
     parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from dp_spark.config import EmbeddingsConfig
-    from dp_spark.embeddings import load_embeddings
-    from dp_spark.index import build_neighbour_table
-    from dp_spark.spark.build import neighbour_table_on_spark, table_plan
-    from dp_spark.spark.session import start_session
 
-    embeddings = load_embeddings(EmbeddingsConfig(vocab_size=args.vocab_size))
-    spark, _ = start_session("dp-spark table build benchmark", "local[2]")
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.range(4).count()
-    reference = None
-    for name, threads in (("driver", None), ("spark, driver's threads", None), ("spark, 1 thread", 1),
-                          ("driver", None)):
-        load = os.getloadavg()[0]
-        started = time.perf_counter()
-        if name == "driver":
-            table = build_neighbour_table(embeddings, args.k)
-        else:
-            plan = table_plan(embeddings.size, "flat", threads=threads)
-            table = neighbour_table_on_spark(spark, embeddings, args.k, plan)
-        seconds = time.perf_counter() - started
-        reference = reference or table
-        differing = int((table.ids != reference.ids).any(axis=1).sum())
-        print(f"{name:24s} {seconds:7.1f} s  load {load:5.1f}  rows differing from the first driver table: "
-              f"{differing}, distances equal: {np.array_equal(table.distances, reference.distances)}", flush=True)
-    spark.stop()
-    return 0
+    configure_faiss(threads=args.threads)
+    full = Embeddings.default()
+    size = args.words or full.size
+    embeddings = Embeddings.from_arrays(full.words[:size].tolist(), np.array(full.vectors[:size]))
+    vectors = embeddings.vectors
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    rows = np.arange(size)
+    found = index.search(vectors, args.k + 1)[1]
+    others = without_self(found, rows, args.k)
+
+    runs = {
+        "build_neighbour_table": lambda: build_neighbour_table(embeddings, args.k),
+        "bare FAISS search(k + 1)": lambda: index.search(vectors, args.k + 1),
+        "exact_order (re-rank) alone": lambda: exact_order(vectors, rows, others),
+        "vocabulary_diameter alone": lambda: vocabulary_diameter(vectors),
+    }
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    wall = {name: statistics.median(t[0] for t in ts) for name, ts in times.items()}
+    cpu = {name: statistics.median(t[1] for t in ts) for name, ts in times.items()}
+    bare = "bare FAISS search(k + 1)"
+
+    print(f"Date: {date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores; faiss {faiss.__version__}, "
+          f"numpy {np.__version__}; FAISS/BLAS threads {args.threads}.")
+    print(f"{size:,} words of {full.size:,} (GloVe 6B 50d), k = {args.k}, median of {args.repeats}, "
+          "each step timed in turn within a repeat.\n")
+    print("| step | wall s | CPU s | wall vs bare search | CPU vs bare search |")
+    print("|---|---|---|---|---|")
+    for name in runs:
+        print(f"| {name} | {wall[name]:.2f} | {cpu[name]:.2f} | {wall[name] / wall[bare]:.2f}x "
+              f"| {cpu[name] / cpu[bare]:.2f}x |")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -68,7 +68,7 @@ def test_two_text_columns_evaluate_from_a_config_with_both_models(spark, tmp_pat
     assert (out / "evaluation.png").read_bytes().startswith(b"\x89PNG")
     report = (out / "evaluation.md").read_text()
     assert report.startswith("# Utility evaluation: two columns")
-    assert "text: title + description" in report and "25% of each label held out" in report
+    assert "text columns title + description" in report and "25% of each label held out" in report
     assert "**diffractor vs mlap, equal booked guarantee, bag of words**: not compared: diffractor's epsilon is " \
            "per unit of list position" in report
     assert "diffractor vs mlap, nw_text, averaged embeddings" in capsys.readouterr().out
@@ -107,6 +107,11 @@ def test_a_fixed_split_trains_the_original_models_once(spark, tmp_path, embeddin
     assert "the seeds vary only the noise" in report and "held out" not in report
     assert "Only mlap evaluated: there is no other mechanism to compare with." in report
     assert "## At equal" not in report
+    # a split column that marks no row "test" leaves nothing to score on
+    pd.DataFrame([(text, label, "train") for text, label, _ in rows],
+                 columns=["text", "label", "split"]).to_parquet(tmp_path / "data.parquet")
+    with pytest.raises(InputError, match="split column 'split' must mark some rows, not all, \"test\" \\(0 of 160"):
+        labeled_data(spark, config, settings)
 
 
 def test_label_text_lines_and_doubled_quotes(spark, tmp_path):

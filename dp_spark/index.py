@@ -76,9 +76,11 @@ def build_index(
 class BatchedIvfSearch:
     """Top-k search over an IVF-Flat index's lists, batched by list: all the
     queries that probe a list are scored against it in one matrix product
-    (BLAS), where FAISS scans the lists one query at a time (measured on
-    92k x 50 floats, 20,000 noisy queries, one core: 4-8x faster than
-    exact flat search at nprobe 64-16, FAISS's own IVF search 1.6-6x).
+    (BLAS), where FAISS scans the lists one query at a time. Each (query,
+    list) pair keeps its own best k, merged once at the end; the lists
+    probed are the quantizer's nearest centroids, as in FAISS. Measured as
+    mlap's decode (100k x 50 floats, 50,000 noisy queries at eps 10, nprobe
+    48 of 1264, one core): 5.5x faster than exact flat search in CPU time.
     Reads the index's lists in place (memory-mapped from an artifact)."""
 
     def __init__(self, index: faiss.Index) -> None:

@@ -336,8 +336,12 @@ class Comparison:
 
 
 def _signed(value: float) -> str:
-    """``value`` to three decimals with its sign, zero as +0.000 (never -0.000)."""
-    return f"{round(value, 3) + 0.0:+.3f}"
+    """``value`` with its sign to three decimals, more where it would round
+    to zero (-0.0002, not -0.000: the sign is what a verdict turns on)."""
+    digits = 3
+    while 0 < abs(value) < 0.5 * 10.0 ** -digits and digits < 6:
+        digits += 1
+    return f"{value + 0.0:+.{digits}f}"
 
 
 def _epsilons(values: Any) -> str:

@@ -12,6 +12,7 @@ from dp_spark.audit import sampled_outputs
 from dp_spark.embeddings import Embeddings
 from dp_spark.evaluation import (
     DrawCache,
+    _signed,
     accuracy,
     compare_at_equal,
     comparisons,
@@ -129,6 +130,8 @@ def test_paired_comparison_interpolates_the_baseline_at_equal_privacy():
     assert "the 95% interval includes zero at every compared epsilon (100)" in undecided.sentence()
     worse = compare_at_equal(points(-0.05), "tgumbel", "mlap", "reconstruction", "embeddings", "accuracy")
     assert worse.table["outcome"].tolist() == ["loses"]
+    # an interval end just below zero keeps its sign: "loses" never shows beside "+0.000"
+    assert (_signed(-0.0002), _signed(-0.0), _signed(0.0123)) == ("-0.0002", "+0.000", "+0.012")
 
 
 def test_points_outside_the_baseline_range_are_not_compared():

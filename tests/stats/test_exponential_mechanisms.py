@@ -166,8 +166,10 @@ def test_kde_metropolis_hastings_follows_its_chain(small_embeddings, tables, dis
     for word in (0, 123):
         law = mh_law(mechanism, distances, word, burn_in + steps)
         assert chi_square_gof(draw(mechanism, word), law) > P_VALUE_THRESHOLD, word
+        # The chain reads the neighbour table's float32 distances (~1e-7
+        # relative from the float64 ones the reference uses).
         assert mechanism.mh_total_variation(word) == pytest.approx(
-            0.5 * np.abs(law - kde_exact(small_embeddings, distances, 1.5, word, 8)).sum(), abs=1e-9
+            0.5 * np.abs(law - kde_exact(small_embeddings, distances, 1.5, word, 8)).sum(), abs=1e-6
         )
 
 

@@ -258,19 +258,19 @@ def without_near_duplicates(embeddings: Embeddings, min_word_distance: float) ->
     calibrates tgumbel. Words are taken in order, so of a cluster of near
     copies the most frequent stays. Dropped words are outside the vocabulary,
     handled by the column's ``oov`` rule like any unknown word."""
-    import faiss
+    from dp_spark.index import build_index  # index imports this module
 
-    vectors = np.ascontiguousarray(embeddings.vectors, np.float32)
+    vectors = embeddings.vectors
     if embeddings.size <= _EXACT_NEAR_DUPLICATE_SEARCH:
-        index, search = faiss.IndexFlatL2(embeddings.dim), "exact search"
+        index, search = build_index(vectors, "flat"), "exact search"
     else:
+        # sqrt(|V|) lists, a quarter of build_index's default: training is
+        # most of the cost, and near copies share a list all the same.
         lists = int(np.sqrt(embeddings.size))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(embeddings.dim), embeddings.dim, lists)
-        index.train(vectors)
-        index.nprobe = _NEAR_DUPLICATE_PROBES
+        index = build_index(vectors, "ivf", ivf_nlist=lists, ivf_nprobe=_NEAR_DUPLICATE_PROBES)
         search = f"IVF search, {_NEAR_DUPLICATE_PROBES} of {lists} lists probed"
-    index.add(vectors)
-    limits, squared, found = index.range_search(vectors, float(min_word_distance) ** 2)
+    limits, squared, found = index.range_search(np.ascontiguousarray(vectors, np.float32),
+                                                float(min_word_distance) ** 2)
     words = np.repeat(np.arange(embeddings.size), np.diff(limits).astype(np.int64))
     # Strictly closer, and only earlier words can make a word go.
     close = (squared < min_word_distance**2) & (found < words)

@@ -40,6 +40,12 @@ def configure_faiss(threads: int | None = None) -> None:
         faiss.omp_set_num_threads(max(1, int(threads)))
 
 
+def ivf_list_count(size: int) -> int:
+    """``build_index``'s default number of IVF lists for ``size`` vectors:
+    4 sqrt(size), with at least 39 vectors per list to train on."""
+    return max(1, min(int(4 * np.sqrt(size)), size // 39))
+
+
 def build_index(
     vectors: np.ndarray,
     index_type: str = "flat",
@@ -62,7 +68,7 @@ def build_index(
         index = faiss.IndexHNSWFlat(dim, hnsw_m)
         index.hnsw.efSearch = hnsw_ef_search
     elif index_type == "ivf":
-        nlist = ivf_nlist or max(1, min(int(4 * np.sqrt(len(vectors))), len(vectors) // 39))
+        nlist = ivf_nlist or ivf_list_count(len(vectors))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
         index.cp.seed = seed
         index.train(vectors)

@@ -243,7 +243,8 @@ class MultivariateLaplace(Mechanism):
             order = np.argsort(squared, axis=1, kind="stable")[:, :k]
             nearest[rows] = np.take_along_axis(squared, order, axis=1)
             ids[rows] = np.take_along_axis(candidates, order, axis=1)
-            certified[rows] = whole or (bound[rows] - radius[rows] > np.sqrt(nearest[rows, -1]) * (1 + _CERTIFICATE_MARGIN))
+            margin = np.sqrt(nearest[rows, -1]) * (1 + _CERTIFICATE_MARGIN)
+            certified[rows] = whole or (bound[rows] - radius[rows] > margin)
         return nearest, ids, certified
 
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,8 @@ from dp_spark.index import (
     build_index,
     configure_faiss,
     exact_order,
+    ivf_list_count,
+    nearest_other_words,
     vocabulary_diameter,
     without_self,
 )
@@ -133,13 +135,8 @@ def table_plan(size: int, search: str = "auto", slices: int | None = None, batch
     threads = int(threads or faiss.omp_get_max_threads())
     if search == "flat":
         return TablePlan(size, "flat", count, batch_size, threads)
-    nlist = _ivf_lists(size)
+    nlist = ivf_list_count(size)
     return TablePlan(size, "ivf", count, batch_size, threads, min(int(nprobe), nlist), nlist)
-
-
-def _ivf_lists(size: int) -> int:
-    # build_index's default list count.
-    return max(1, min(int(4 * np.sqrt(size)), size // 39))
 
 
 class SparkTableBuilder:
@@ -278,13 +275,8 @@ def _search_in_task(batches: Iterator[pa.RecordBatch], files: ShippedFiles, plan
 
 
 def _flat_search(index: faiss.Index, vectors: np.ndarray, k: int):
-    """Exactly the driver's step: search k + 1, drop the word, re-rank exactly."""
-
-    def nearest(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        _, found = index.search(vectors[rows], k + 1)
-        return exact_order(vectors, rows, without_self(found, rows, k))
-
-    return nearest
+    """Exactly the driver's step (``nearest_other_words``)."""
+    return lambda rows: nearest_other_words(index, vectors, rows, k)
 
 
 def _ivf_search(path: str, vectors: np.ndarray, k: int, nprobe: int):

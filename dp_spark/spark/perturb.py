@@ -74,7 +74,7 @@ from dp_spark.resources import Runtime, artifact_for, complete_params
 from dp_spark.spark.io import TRANSACTIONAL_FORMATS, Input, check_output, read_input, typed_partitions
 from dp_spark.spark.perturber import DPTextPerturber, check_id_column, input_kind, perturb
 from dp_spark.spark.session import is_connect, phase
-from dp_spark.spark.statistics import collect_statistics, collect_statistics_and_repeated_keys
+from dp_spark.spark.statistics import collect_statistics, collect_statistics_and_repeated_keys, repeated_keys
 from dp_spark.spark.tables import STATISTICS_TABLES, ColumnReport, privacy_stats, substitution_tables, write_frame
 
 log = logging.getLogger("dp_spark.perturb")
@@ -304,9 +304,8 @@ def _perturber(config: Config, column: ColumnConfig, kind: str, runtime: Runtime
 
 def check_unique_ids(frame: DataFrame, id_column: str) -> None:
     """Refuse repeated row keys: rows with one key would share their noise."""
-    repeated = (frame.groupBy(id_column).count().where(F.col("count") > 1)
-                .agg(F.count(F.lit(1)).alias("keys"), F.sum("count").alias("rows")).first())
-    if repeated and repeated["keys"]:
+    repeated = repeated_keys(frame, id_column).first()
+    if repeated["keys"]:
         _refuse_repeated_ids(id_column, repeated["keys"], repeated["rows"])
 
 

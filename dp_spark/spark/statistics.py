@@ -90,15 +90,21 @@ def collect_statistics_and_repeated_keys(
     """``collect_statistics``, and in the same Spark job (a small run pays
     a job's fixed cost once) how many values of ``id_column`` repeat in
     ``data`` and over how many rows: (statistics, (keys, rows))."""
-    repeated = (data.groupBy(id_column).count().where(F.col("count") > 1)
-                .agg(F.count(F.lit(1)).alias("keys"), F.coalesce(F.sum("count"), F.lit(0)).alias("rows"))
+    repeated = (repeated_keys(data, id_column)
                 .select(F.lit(-1).alias("output"),
                         F.expr(f"stack(2, '{REPEATED_KEYS}', keys, '{REPEATED_ROWS}', rows) AS (kind, count)"))
                 .select("output", "kind", F.lit(0).cast("long").alias("key"), F.col("count").cast("long")))
     rows = _summed(stat_rows, min_count).unionByName(repeated).toPandas()
     checks = rows[rows["output"] == -1].set_index("kind")["count"]
-    repeated_keys = (int(checks.get(REPEATED_KEYS, 0)), int(checks.get(REPEATED_ROWS, 0)))
-    return _statistics(rows, outputs, vocab_size), repeated_keys
+    repeated_counts = (int(checks.get(REPEATED_KEYS, 0)), int(checks.get(REPEATED_ROWS, 0)))
+    return _statistics(rows, outputs, vocab_size), repeated_counts
+
+
+def repeated_keys(data: DataFrame, id_column: str) -> DataFrame:
+    """One row: how many values of ``id_column`` repeat in ``data``
+    (``keys``) and over how many rows (``rows``)."""
+    return (data.groupBy(id_column).count().where(F.col("count") > 1)
+            .agg(F.count(F.lit(1)).alias("keys"), F.coalesce(F.sum("count"), F.lit(0)).alias("rows")))
 
 
 def _summed(stat_rows: DataFrame, min_count: int) -> DataFrame:

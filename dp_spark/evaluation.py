@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dp_spark.audit import audit_method, exact_log_laws, sampled_outputs
+from dp_spark.classifier import BagOfWords, DenseRows, LogisticRegression
 from dp_spark.index import default_cache_dir
 from dp_spark.mechanisms import Mechanism
 from dp_spark.mechanisms.tgumbel import TruncatedGumbel
@@ -78,9 +79,9 @@ def words_by_row(strings: pa.Array, vocabulary: Vocabulary) -> tuple[np.ndarray,
     return rows[known], ids[known]
 
 
-def mean_embeddings(strings: pa.Array, vocabulary: Vocabulary, vectors: np.ndarray) -> pa.Array:
+def mean_embeddings(strings: pa.Array, vocabulary: Vocabulary, vectors: np.ndarray) -> np.ndarray:
     """Per row, the mean of the embedding vectors of its in-vocabulary words
-    (zeros for a row without any), as a list<float> array."""
+    (zeros for a row without any): rows x dimensions."""
     rows, ids = words_by_row(strings, vocabulary)
     counts = np.bincount(rows, minlength=len(strings))
     sums = np.zeros((len(strings), vectors.shape[1]))
@@ -89,9 +90,25 @@ def mean_embeddings(strings: pa.Array, vocabulary: Vocabulary, vectors: np.ndarr
         # rows ascend, so each row's words are one run: one reduceat, no per-row loop
         starts = np.concatenate([[0], np.cumsum(counts)])[present]
         sums[present] = np.add.reduceat(np.asarray(vectors[ids], dtype=np.float64), starts, axis=0)
-    means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    offsets = pa.array(np.arange(len(strings) + 1, dtype=np.int32) * vectors.shape[1])
-    return pa.ListArray.from_arrays(offsets, pa.array(means.ravel()))
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+def model_scores(train: tuple[pa.Array, np.ndarray], test: tuple[pa.Array, np.ndarray], classes: int,
+                 vocabulary: Vocabulary, vectors: np.ndarray, max_words: int) -> dict[str, tuple[float, float]]:
+    """Per model of ``MODELS``: (accuracy, macro-F1) on ``test`` of the model
+    trained on ``train``, each a (texts, labels 0 .. classes - 1) pair."""
+    (train_texts, train_labels), (test_texts, test_labels) = train, test
+    words = BagOfWords.fit(train_texts, max_words)
+    inputs = {
+        "bag_of_words": (words.features(train_texts), words.features(test_texts)),
+        "embeddings": (DenseRows(mean_embeddings(train_texts, vocabulary, vectors)),
+                       DenseRows(mean_embeddings(test_texts, vocabulary, vectors))),
+    }
+    scores = {}
+    for model, (train_features, test_features) in inputs.items():
+        predictions = LogisticRegression.fit(train_features, train_labels, classes).predict(test_features)
+        scores[model] = (accuracy(test_labels, predictions), macro_f1(test_labels, predictions))
+    return scores
 
 
 def word_counts(strings: pa.Array, vocabulary: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
@@ -613,7 +630,7 @@ def _setup(settings: dict[str, Any]) -> list[str]:
         + f"; labels: {classes}. Split: {split}; seeds {settings['seeds']}. Training text perturbed, test text "
         + ("perturbed too." if settings["perturb_test"] else "original."),
         "",
-        "Models (Spark MLlib), trained on the same rows:",
+        "Models, trained on the same rows (on the driver: dp_spark.classifier):",
         f"- bag of words: {settings['bag_of_words']}; it sees exact words only, so a substitute counts as a "
         "different word however close its meaning;",
         f"- averaged embeddings: the mean of the row's word vectors in {embeddings}, then {settings['logistic']}; "

@@ -2,11 +2,11 @@
 equal privacy?
 
 For each seed: a split of a labeled dataset (stratified by label, or a given
-split column); two Spark MLlib models, a bag of words (RegexTokenizer,
-HashingTF, IDF, LogisticRegression) and averaged word embeddings (the mean of
-the job's own embedding vectors of a row's words, LogisticRegression),
-trained on the original training text and on the training text perturbed by
-each (mechanism, epsilon) through DPTextPerturber, the perturb job's own code
+split column); two models (``dp_spark.classifier``), a bag of words (TF-IDF,
+logistic regression) and averaged word embeddings (the mean of the job's own
+embedding vectors of a row's words, logistic regression), trained on the
+original training text and on the training text perturbed by each
+(mechanism, epsilon) through DPTextPerturber, the perturb job's own code
 path; accuracy and macro-F1 on the test text. Each (mechanism, epsilon) also
 gets its privacy measured three ways (``dp_spark.evaluation``): N_w over the
 text, the reconstruction rate and the booked guarantee, and the report
@@ -14,11 +14,13 @@ compares every mechanism with a baseline at equal privacy on each. Writes
 evaluation_points/ and evaluation_summary/ (Parquet and CSV), evaluation.png
 and evaluation.md under the output root.
 
-What is reused is computed once and cached: per seed and mechanism, one pass
-perturbs the training text at every epsilon of the grid and averages its
-embeddings, and both models of every epsilon train on that cached table
-(uncached, every pass of a model's fit perturbed the text again). The
-privacy measures run on the driver while Spark trains.
+Per seed and mechanism, one Spark pass perturbs the training text at every
+epsilon of the grid and brings it to the driver, where both models of every
+epsilon train in milliseconds (MLlib's logistic regression ran a Spark job
+per iteration, and its fits bounded the run) while Spark perturbs for the
+next group. The privacy measures run on a driver thread beside them. The
+labeled rows must fit in the driver's memory: at most
+``classifier.MAX_ROWS``.
 
 Config (TOML): [input] as for the perturb job, [embeddings] and [index]
 optional, and
@@ -30,7 +32,7 @@ optional, and
     test_fraction = 0.2            # otherwise held out per label, drawn anew for each seed
     seeds = [1, 2, 3]
     perturb_test = false           # perturb the test text too
-    num_features = 16384           # of the bag of words
+    num_features = 16384           # the bag of words' vocabulary: the training text's most frequent words
     baseline = "mlap"              # what the other mechanisms are compared with (default: mlap, else the first)
     nw_sample = 300                # vocabulary words for N_w over the vocabulary (listed for reference)
     nw_draws = 100                 # draws per vocabulary word
@@ -51,7 +53,7 @@ import logging
 import math
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,25 +61,21 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer, StringIndexer
-from pyspark.ml.functions import array_to_vector
+from pyspark.ml.feature import StringIndexer
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dp_spark import storage
+from dp_spark.classifier import MAX_ROWS
 from dp_spark.config import parse_config, read_toml
 from dp_spark.deniability import TEXT_WORDS, deniability_summary
 from dp_spark.errors import ConfigError, InputError
 from dp_spark.evaluation import (
     MODELS,
-    accuracy,
     comparisons,
     labels_imbalanced,
-    macro_f1,
-    mean_embeddings,
+    model_scores,
     plot,
     report,
     summarise,
@@ -94,20 +92,8 @@ from dp_spark.spark.shipping import ShippedArtifact, ship_artifact, worker_runti
 
 log = logging.getLogger("dp_spark.evaluate")
 
-LOGISTIC = "LogisticRegression (regParam 0.01, tol 1e-4, up to 100 iterations)"
-# Spark's default tolerance, 1e-6, gave the same test accuracy and macro-F1 to
-# four decimals on the shipped datasets' original text, in a third more
-# iterations (each of them a Spark job).
-TOLERANCE = 1e-4
-TOKEN_PATTERN = "[^\\p{L}\\p{N}']+"
-# A logistic regression's every iteration is a Spark job: on small training
-# sets the tasks' overhead dominates, and one partition per 100,000 rows fits
-# 2-3 times faster than the usual four (measured on the 2,400-row sentiment set).
-ROWS_PER_MODEL_PARTITION = 100_000
-# Those one-task jobs wait on scheduling more than they compute: eight fits of
-# the sentiment set took 46 s two at a time, 28 s four at a time and 31 s
-# eight at a time (the 2-core machine, shared: load average 11-13).
-FIT_THREADS = 4
+LOGISTIC = ("logistic regression (L2 penalty 0.01 on features scaled to unit variance, L-BFGS to a relative "
+            "change of 1e-7)")
 
 
 @dataclass(frozen=True)
@@ -266,6 +252,9 @@ def labeled_data(spark: SparkSession, config: Any, settings: EvaluationSettings)
                              f"fix the file or set input.options.mode to DROPMALFORMED{escape}")
         df = df.drop(corrupt, file)
     read = df.count()
+    if read > MAX_ROWS:
+        raise InputError(f"the input has {read} rows; the evaluation trains its models on the driver, on at most "
+                         f"{MAX_ROWS}: evaluate a sample")
     has_text = functools.reduce(lambda a, b: a | b, (F.col(c).isNotNull() for c in settings.text_columns))
     kept = [settings.label_column, *filter(None, [settings.split_column])]
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
@@ -328,63 +317,13 @@ def text_word_counts(frame: DataFrame, shipped: ShippedArtifact) -> tuple[np.nda
 # ---------------------------------------------------------------------------
 # What the models see.
 
-def vector_column(text_column: str) -> str:
-    return f"{text_column}_vector"
-
-
-def with_mean_embeddings(frame: DataFrame, text_columns: list[str], shipped: ShippedArtifact) -> DataFrame:
-    """``frame`` with, per text column, the mean embedding of each row's words
-    as a vector column (``vector_column``), in one Arrow pass."""
-    vectors = [vector_column(c) for c in text_columns]
-    schema = T.StructType([*frame.schema.fields,
-                           *(T.StructField(v, T.ArrayType(T.FloatType()), True) for v in vectors)])
-
-    def average(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        runtime = worker_runtime(shipped, 1)
-        for batch in batches:
-            means = [mean_embeddings(batch.column(c), runtime.vocabulary, runtime.embeddings.vectors)
-                     for c in text_columns]
-            yield pa.RecordBatch.from_arrays([*batch.columns, *means], names=[*batch.schema.names, *vectors])
-
-    return frame.mapInArrow(average, schema).withColumns({v: array_to_vector(v) for v in vectors})
-
-
-def model_inputs(frame: DataFrame, perturbers: list[DPTextPerturber], shipped: ShippedArtifact) -> DataFrame:
+def model_inputs(frame: DataFrame, perturbers: list[DPTextPerturber]) -> pa.Table:
     """``_label`` and, per perturber (or for the original ``_text`` when there
-    is none), the text it outputs and its mean embedding: one pass."""
+    is none), the text it outputs, on the driver: one pass."""
     texts = [p.getOutputCol() for p in perturbers] or ["_text"]
     if perturbers:
         frame = perturb(frame, perturbers).data
-    return with_mean_embeddings(frame.select("_label", *texts), texts, shipped)
-
-
-def model_view(inputs: DataFrame, text_column: str) -> DataFrame:
-    """One point's columns under the names the models read."""
-    return inputs.select("_label", F.col(text_column).alias("_text"),
-                         F.col(vector_column(text_column)).alias("_vector"))
-
-
-def bag_of_words(settings: EvaluationSettings) -> Pipeline:
-    return Pipeline(stages=[
-        RegexTokenizer(inputCol="_text", outputCol="_tokens", pattern=TOKEN_PATTERN),
-        HashingTF(inputCol="_tokens", outputCol="_tf", numFeatures=settings.num_features),
-        IDF(inputCol="_tf", outputCol="_features"),
-        LogisticRegression(featuresCol="_features", labelCol="_label", maxIter=100, regParam=0.01, tol=TOLERANCE),
-    ])
-
-
-def averaged_embeddings() -> Pipeline:
-    return Pipeline(stages=[
-        LogisticRegression(featuresCol="_vector", labelCol="_label", maxIter=100, regParam=0.01, tol=TOLERANCE),
-    ])
-
-
-def score(model: PipelineModel, test: DataFrame) -> tuple[float, float]:
-    """Accuracy and macro-F1 from the confusion counts (no test row leaves Spark)."""
-    confusion = model.transform(test).groupBy("_label", "prediction").count().collect()
-    labels = np.repeat([r[0] for r in confusion], [r[2] for r in confusion])
-    predictions = np.repeat([r[1] for r in confusion], [r[2] for r in confusion])
-    return accuracy(labels, predictions), macro_f1(labels, predictions)
+    return frame.select("_label", *texts).toArrow()
 
 
 # ---------------------------------------------------------------------------
@@ -412,7 +351,7 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
         frequent = np.argsort(-counts, kind="stable")[:TEXT_WORDS]
         measuring = background.submit(measure_privacy, mechanisms, words[frequent], counts[frequent], settings,
                                       config.index.cache_dir)
-        scores = score_points(spark, data, settings, runtime, shipped, params)
+        scores = score_points(spark, data, settings, runtime, params)
         privacy = measuring.result()
     privacy[("original", math.inf)] = {
         "nw_vocabulary_median": 1.0, "nw_text_mean": 1.0, "reconstruction_rate": 1.0,
@@ -439,7 +378,8 @@ def evaluate(spark: SparkSession, config: Any, settings: EvaluationSettings, out
         "class_shares": {label: n / data.rows for label, n in data.class_counts.items()},
         "split_column": settings.split_column, "test_rows": data.test_rows,
         "test_fraction": settings.test_fraction, "seeds": list(settings.seeds), "perturb_test": settings.perturb_test,
-        "bag_of_words": f"RegexTokenizer, HashingTF ({settings.num_features} features), IDF, {LOGISTIC}",
+        "bag_of_words": f"TF-IDF over the training text's {settings.num_features} most frequent words, then "
+                        f"{LOGISTIC}",
         "logistic": LOGISTIC,
         "embeddings": f"the job's embeddings ({_embeddings_name(config.embeddings)}, {runtime.embeddings.size} "
                       f"words, {runtime.embeddings.dim} dimensions)",
@@ -474,30 +414,24 @@ class Group:
 
 
 def score_points(spark: SparkSession, data: LabeledData, settings: EvaluationSettings, runtime: Runtime,
-                 shipped: ShippedArtifact, params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                 params: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Both models' test scores for the original text and every (mechanism,
-    epsilon), per seed. Per seed and mechanism one cached pass makes the
-    inputs of the whole epsilon grid (in as many tasks as the shuffle has
-    partitions: the split leaves the training rows in one), and the next
-    group's pass runs while the models of the groups before it train,
-    ``FIT_THREADS`` at a time. With a fixed split the original text's models
-    are the same for every seed: trained once."""
-    model_partitions = max(1, math.ceil(data.rows / ROWS_PER_MODEL_PARTITION))
+    epsilon), per seed. Per seed and mechanism one Spark pass perturbs the
+    training text for the whole epsilon grid (in as many tasks as the
+    shuffle has partitions: the split leaves the training rows in one) and
+    brings it to the driver, where the models train while the next group's
+    pass runs. With a fixed split the original text's models are the same
+    for every seed: trained once."""
     perturb_partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
     fixed = bool(settings.split_column)
     groups = [Group(seed, name, grid) for seed in settings.seeds
               for name, grid in [("original", (math.inf,)), *settings.epsilons.items()]
               if not (fixed and name == "original" and seed != settings.seeds[0])]
-    original_tests: dict[int, DataFrame] = {}  # per seed, or one for a fixed split
+    original_tests: dict[int, pa.Table] = {}  # per seed, or one for a fixed split
 
-    def cached(frame: DataFrame) -> DataFrame:
-        frame = frame.repartition(model_partitions).persist()
-        frame.count()
-        return frame
-
-    def prepare(group: Group) -> tuple[DataFrame, DataFrame, list[str], list[str]]:
-        """The group's cached training and test inputs and, per epsilon, the
-        columns its models train and are tested on."""
+    def prepare(group: Group) -> tuple[pa.Table, pa.Table, list[str], list[str]]:
+        """The group's training and test inputs and, per epsilon, the columns
+        its models train and are tested on."""
         train, test = labeled_splits(data.frame, settings, group.seed)
         perturbers = [] if group.mechanism == "original" else [
             _perturber(runtime, group.mechanism, epsilon, params[group.mechanism], f"_text_{k}", group.seed)
@@ -507,51 +441,32 @@ def score_points(spark: SparkSession, data: LabeledData, settings: EvaluationSet
         with phase(spark, "evaluate", f"seed {group.seed}: {group.mechanism}, model inputs"):
             split = settings.seeds[0] if fixed else group.seed
             if split not in original_tests:
-                original_tests[split] = cached(model_inputs(test, [], shipped))
-            train_inputs = cached(model_inputs(train.repartition(perturb_partitions), perturbers, shipped))
+                original_tests[split] = model_inputs(test, [])
+            train_inputs = model_inputs(train.repartition(perturb_partitions), perturbers)
             if perturbers and settings.perturb_test:
-                return (train_inputs, cached(model_inputs(test.repartition(perturb_partitions), perturbers, shipped)),
-                        texts, texts)
+                return train_inputs, model_inputs(test.repartition(perturb_partitions), perturbers), texts, texts
         return train_inputs, original_tests[split], texts, ["_text"] * len(texts)
 
-    def fit(group: Group, train: DataFrame, test: DataFrame, epsilon: float, text: str, test_text: str,
-            model: str) -> dict[str, Any]:
-        with phase(spark, "evaluate", f"seed {group.seed}: {group.mechanism} eps {epsilon:g}, {MODELS[model]}"):
-            estimator = bag_of_words(settings) if model == "bag_of_words" else averaged_embeddings()
-            fitted = estimator.fit(model_view(train, text))
-            acc, f1 = score(fitted, model_view(test, test_text))
-        log.info("seed %d: %s eps %g, %s: accuracy %.3f, macro-F1 %.3f",
-                 group.seed, group.mechanism, epsilon, MODELS[model], acc, f1)
-        return {"model": model, "mechanism": group.mechanism, "epsilon": epsilon, "seed": group.seed,
-                "accuracy": acc, "macro_f1": f1}
+    def labels(inputs: pa.Table) -> np.ndarray:
+        return inputs.column("_label").to_numpy().astype(np.int64)
 
     points: list[dict[str, Any]] = []
-    # Groups whose fits were submitted: (fits, the inputs they alone use). At most two are held.
-    training: list[tuple[list[Future], list[DataFrame]]] = []
-
-    def finish() -> None:
-        fits, inputs = training.pop(0)
-        points.extend(f.result() for f in fits)
-        for frame in inputs:
-            frame.unpersist()
-
-    with (ThreadPoolExecutor(FIT_THREADS, thread_name_prefix="fit") as fitting,
-          ThreadPoolExecutor(1, thread_name_prefix="inputs") as preparing):
+    with ThreadPoolExecutor(1, thread_name_prefix="inputs") as preparing:
         upcoming = preparing.submit(prepare, groups[0])
         for k, group in enumerate(groups):
             train, test, texts, test_texts = upcoming.result()
             if k + 1 < len(groups):
                 upcoming = preparing.submit(prepare, groups[k + 1])
-            fits = [fitting.submit(fit, group, train, test, epsilon, text, test_text, model)
-                    for epsilon, text, test_text in zip(group.epsilons, texts, test_texts) for model in MODELS]
-            perturbed_test = settings.perturb_test and group.mechanism != "original"
-            training.append((fits, [train, test] if perturbed_test else [train]))
-            while len(training) > 2:
-                finish()
-        while training:
-            finish()
-    for frame in original_tests.values():
-        frame.unpersist()
+            for epsilon, text, test_text in zip(group.epsilons, texts, test_texts):
+                scores = model_scores((train.column(text).combine_chunks(), labels(train)),
+                                      (test.column(test_text).combine_chunks(), labels(test)),
+                                      len(data.class_counts), runtime.vocabulary, runtime.embeddings.vectors,
+                                      settings.num_features)
+                for model, (acc, f1) in scores.items():
+                    log.info("seed %d: %s eps %g, %s: accuracy %.3f, macro-F1 %.3f",
+                             group.seed, group.mechanism, epsilon, MODELS[model], acc, f1)
+                    points.append({"model": model, "mechanism": group.mechanism, "epsilon": epsilon,
+                                   "seed": group.seed, "accuracy": acc, "macro_f1": f1})
     if fixed:
         original = [p for p in points if p["mechanism"] == "original"]
         points += [{**p, "seed": seed} for seed in settings.seeds[1:] for p in original]

@@ -45,7 +45,7 @@ def test_mean_embeddings_and_word_counts_read_words_as_the_perturber_does():
     vocabulary = Vocabulary(np.array(["the", "cat", "dog"]))
     vectors = np.array([[1, 0], [0, 2], [4, 4]], dtype=np.float32)
     strings = pa.array(["The cat", None, "", "cat 42 dog zzz", "zzz"])
-    means = mean_embeddings(strings, vocabulary, vectors).to_pylist()
+    means = mean_embeddings(strings, vocabulary, vectors).tolist()
     # case folded, numbers are entities, words outside the vocabulary are left out, rows without any get zeros
     assert means == [[0.5, 1.0], [0.0, 0.0], [0.0, 0.0], [2.0, 3.0], [0.0, 0.0]]
     words, counts = word_counts(strings, vocabulary)

@@ -38,8 +38,11 @@ numbers and phone numbers over numbers:
 
 Url, email and phone spans are replaced by one marker character each (a
 Unicode noncharacter that the batch does not contain), in the rows that can
-hold them (found by a few byte comparisons: "://", "www.", "@", five
-digits); numbers are then found on the bytes, as RE2 would match the
+hold them, found from a few bytes: "://", "www.", "@", and for phones a
+shape of digits that every alternative needs (7 digits in a row, "+" or a
+parenthesised group before digits, two groups of 3 or more joined by " ",
+"." or "-": most dates, prices and years have none, and the regex is most
+of the cost); numbers are then found on the bytes, as RE2 would match the
 pattern, without reading every byte of a row with a regex. Every span is an
 entity segment of its own, for the caller to put a placeholder in; a clitic
 after it stays a clitic ("1990's" -> "<num>" "'s").
@@ -85,8 +88,6 @@ _MARKER_CANDIDATES = np.arange(0xFDD0, 0xFDF0)
 _MARKER_BYTES = 3  # each of them in UTF-8
 # Replaced by markers through their patterns; numbers are found on the bytes.
 _MARKED_TYPES = ("url", "email", "phone")
-# The fewest digits any alternative of the phone pattern matches.
-_PHONE_MIN_DIGITS = 5
 
 
 @dataclass(frozen=True)
@@ -332,46 +333,120 @@ def _put_rows(strings: pa.Array, rows: np.ndarray, replacements: pa.Array) -> pa
     return pa.concat_arrays([strings, replacements]).take(pa.array(source))
 
 
-def _entity_candidates(offsets: np.ndarray, raw: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """For each entity type, a boolean per row, True for every row where its
-    pattern can match ("://" or "www." for url, "@" for email, enough digits
-    for phone, a digit for num), from a few byte comparisons; and the
+def _entity_candidates(
+    offsets: np.ndarray, raw: np.ndarray, numbers: bool = False
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """For each entity type (num only with ``numbers``), a boolean per row,
+    True for every row where its pattern can match ("://" or "www." for url,
+    "@" for email, the digit shapes of ``_phone_runs`` for phone, a digit for
+    num), from the few bytes that can take part, found in one pass; and the
     noncharacters U+FDD0-U+FDEF that the text holds."""
-    digits = np.flatnonzero((raw - ord("0")) < 10)
-    digits_per_row = np.diff(np.searchsorted(digits, offsets))
-    signs = raw == ord("@")
-    signs |= raw == ord(":")
-    signs |= raw == ord(".")
-    signs |= raw == 0xEF
-    positions = np.flatnonzero(signs)
-    sign = raw[positions]
+    # "0" to ":" (0x30-0x3A) are the digits and ":": one comparison
+    interesting = raw - np.uint8(ord("0"))
+    interesting = interesting <= ord(":") - ord("0")
+    interesting |= raw == ord("@")
+    # "ww" (any case) for "www.": far rarer than "." or "w", and finding
+    # positions costs by how many there are
+    w = (raw | 0x20) == ord("w")
+    interesting[:-1] |= w[:-1] & w[1:]
+    noncharacters = bool(len(raw)) and raw.max() >= 0xEF
+    if noncharacters:
+        interesting |= raw == 0xEF
+    positions = np.flatnonzero(interesting)
+    byte = raw[positions]
+    is_digit = byte <= ord("9")
+    digits = positions[is_digit]
+    positions, sign = positions[~is_digit], byte[~is_digit]
 
     def byte_at(shift: int) -> np.ndarray:
         return np.take(raw, positions + shift, mode="clip")
 
     scheme = (sign == ord(":")) & (byte_at(1) == ord("/")) & (byte_at(2) == ord("/"))
-    www = (sign == ord(".")) & (positions >= 3)
-    for shift in (-3, -2, -1):
-        www &= (byte_at(shift) | 0x20) == ord("w")
-    noncharacter = (sign == 0xEF) & (byte_at(1) == 0xB7)
-    used = 0xFDC0 + (byte_at(2)[noncharacter] & 0x3F).astype(np.int64)
-    return {
+    www = ((sign | 0x20) == ord("w")) & ((byte_at(2) | 0x20) == ord("w")) & (byte_at(3) == ord("."))
+    used = np.zeros(0, np.int64)
+    if noncharacters:
+        noncharacter = (sign == 0xEF) & (byte_at(1) == 0xB7)
+        used = 0xFDC0 + (byte_at(2)[noncharacter] & 0x3F).astype(np.int64)
+    edges = _row_edges(offsets)
+    starts, ends = _digit_runs(digits, edges)
+    candidates = {
         "url": _rows_holding(positions[scheme | www], offsets),
         "email": _rows_holding(positions[sign == ord("@")], offsets),
-        "phone": digits_per_row >= _PHONE_MIN_DIGITS,
-        "num": digits_per_row > 0,
-    }, used
+        "phone": _rows_holding(starts[_phone_runs(raw, edges, starts, ends)], offsets),
+    }
+    if numbers:
+        candidates["num"] = _rows_holding(starts, offsets)
+    return candidates, used
+
+
+def _phone_runs(raw: np.ndarray, edges: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """True for the digit runs (``_digit_runs``) that are part of a shape
+    without which ``ENTITY_PATTERNS["phone"]`` cannot match in their row: a
+    row with none is never given to the regex, so each alternative of the
+    pattern must leave one of these shapes in any row it matches:
+
+    - ``\\+[0-9]{1,3}...``: "+" directly before a run.
+    - ``\\([0-9]{2,5}\\)...``: a run of 2+ digits directly between "(" and
+      ")" (the run is the group: the bytes on both sides are not digits).
+    - ``\\b(?:...)\\b``: two runs of 3+ digits with one byte of " .-"
+      between them. In ``[0-9]{3}[.-][0-9]{4}``, ``0[0-9]{2,4} [0-9]{3,4}
+      ?[0-9]{3,4}`` and ``[0-9]{3} [0-9]{3} [0-9]{4}`` they are the first
+      two groups; in ``[0-9]{2,5}[.-][0-9]{3,4}[.-][0-9]{3,4}`` the last
+      two. The run ending at a group before a separator has at least the
+      group's digits, and so has the run starting at a group after one (the
+      second and third groups of the 0... shape may be one run, longer).
+    - ``[0-9]{7,}``: a run of 7+ digits.
+
+    The shapes are looked for in the text as it is, while the regex reads
+    it after the url and email spans are marked; that takes bytes away
+    (each span becomes a marker, none of the bytes above), so a digit run
+    of the marked text is part of one here, no shorter, and bytes next to
+    each other there are next to each other here: a shape of the marked
+    text is one here too. Upper bounds on the lengths or ``\\b`` would not
+    carry over: "bob@x.com555-0199" matches once the email is a marker."""
+    lengths = ends - starts
+    inside_before, inside_after = ~edges[starts], ~edges[ends]
+    before = np.take(raw, starts - 1, mode="clip")
+    after = np.take(raw, ends, mode="clip")
+    phone = lengths >= 7
+    phone |= inside_before & (before == ord("+"))
+    phone |= inside_before & (before == ord("(")) & inside_after & (after == ord(")")) & (lengths >= 2)
+    phone[:-1] |= (
+        inside_after[:-1]
+        & ((after[:-1] == ord(" ")) | (after[:-1] == ord(".")) | (after[:-1] == ord("-")))
+        & (starts[1:] == ends[:-1] + 1)
+        & inside_before[1:]
+        & (lengths[:-1] >= 3)
+        & (lengths[1:] >= 3)
+    )
+    return phone
 
 
 def _rows_holding(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """True for the rows that hold one of ``positions`` (sorted)."""
-    return np.diff(np.searchsorted(positions, offsets)) > 0
+    """True for the rows that hold one of ``positions`` (a binary search per
+    position: a few per cent of the bytes, fewer than the rows)."""
+    holding = np.zeros(len(offsets) - 1, dtype=bool)
+    holding[np.searchsorted(offsets, positions, side="right") - 1] = True
+    return holding
 
 
-def _is_offset(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """True where a position is a row offset (where a row starts or ends)."""
-    found = np.minimum(np.searchsorted(offsets, positions), len(offsets) - 1)
-    return offsets[found] == positions
+def _row_edges(offsets: np.ndarray) -> np.ndarray:
+    """True at the positions, up to one past the last byte, where a row
+    starts or ends: a lookup per position instead of a binary search."""
+    edges = np.zeros(offsets[-1] + 1, dtype=bool)
+    edges[offsets] = True
+    return edges
+
+
+def _digit_runs(digits: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of consecutive positions of ``digits``
+    (sorted), a row edge (``_row_edges``) cutting a run."""
+    new_run = np.ones(len(digits), dtype=bool)
+    new_run[1:] = np.diff(digits) != 1
+    new_run |= edges[digits]
+    run_end = np.ones(len(digits), dtype=bool)
+    run_end[:-1] = new_run[1:]
+    return digits[new_run], digits[run_end] + 1
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -394,15 +469,12 @@ def _number_spans(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.
     match of the pattern in a chain starts at its first run unless an ASCII
     letter, digit or _ precedes it (then at its second), and ends at its last
     run unless one follows it (then at the run before)."""
-    digits = np.flatnonzero((raw - ord("0")) < 10)
+    digits = np.flatnonzero((raw - np.uint8(ord("0"))) < 10)
     if not len(digits):
         return digits, digits
-    new_run = np.ones(len(digits), dtype=bool)
-    new_run[1:] = np.diff(digits) != 1
-    new_run |= _is_offset(digits, offsets)
-    starts = digits[new_run]
-    ends = digits[np.append(new_run[1:], True)] + 1
-    at_row_start, at_row_end = _is_offset(starts, offsets), _is_offset(ends, offsets)
+    edges = _row_edges(offsets)
+    starts, ends = _digit_runs(digits, edges)
+    at_row_start, at_row_end = edges[starts], edges[ends]
     before = np.take(raw, starts - 1, mode="clip")
     after = np.take(raw, ends, mode="clip")
     start_ok = at_row_start | ~_regex_word_bytes(before)
@@ -432,7 +504,7 @@ def entity_types(tokens: pa.Array) -> np.ndarray:
     if not len(tokens):
         return types
     offsets, raw, _ = _text_bytes(tokens)
-    candidates, _ = _entity_candidates(offsets, raw)
+    candidates, _ = _entity_candidates(offsets, raw, numbers=True)
     for index, name in enumerate(ENTITY_TYPES):
         rows = np.flatnonzero(candidates[name] & (types < 0))
         if len(rows):

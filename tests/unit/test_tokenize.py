@@ -2,16 +2,21 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from benchmarks.text_corpus import DEFAULT_DATA, sentences
+from dp_spark import tokenize
 from dp_spark.tokenize import (
     ENTITY_PATTERNS,
     ENTITY_TYPES,
     Vocabulary,
+    _entity_candidates,
+    _text_bytes,
     entity_types,
     has_word_character,
     match_case,
@@ -167,6 +172,74 @@ def test_numbers_are_found_as_the_num_pattern_matches():
     for i, text in enumerate(texts):
         own = range(segments.row_offsets[i], segments.row_offsets[i + 1])
         assert "".join(marks.get(segments.entity[j], values[j]) for j in own) == expected[i].as_py(), text
+
+
+def phone_like_texts(count, seed):
+    """Rows of digit groups (mostly of 2-5 digits, the pattern's group
+    sizes) taking turns with what the phone pattern reads around them: its
+    separators " .-()+", letters, "_", a non-ASCII letter, and email and url
+    pieces, which take digits next to them away before the phone pattern
+    runs ("bob@x.com555-0199")."""
+    rng = np.random.default_rng(seed)
+    groups = np.array(["".join(rng.choice(list("0123456789"), size)) for size in [1, 2, 3, 3, 4, 4, 5, 6, 7, 9] * 100])
+    groups[::7] = np.char.add("0", groups[::7])  # the third alternative's 0[0-9]{2,4}
+    others = np.array(list(" .-") * 6 + list("()+") * 2 + [") ", "  ", "a", "Z", "_", "é", ",", "bob@x.com", "www.x.", "http://"])
+    lengths = rng.integers(1, 8, count)
+    turn = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(rng.integers(0, 2, count), lengths)
+    pieces = np.where(
+        turn % 2 == 0,
+        groups[rng.integers(len(groups), size=lengths.sum())],
+        others[rng.integers(len(others), size=lengths.sum())],
+    ).tolist()
+    ends = np.cumsum(lengths).tolist()
+    return ["".join(pieces[start:end]) for start, end in zip([0] + ends[:-1], ends)]
+
+
+# The shortest rows each alternative of the phone pattern matches, its
+# groups at their smallest (and in one run where separators are optional).
+SHORTEST_PHONES = ["+12345", "+1 23 45", "+1(23)45", "(12)345678", "(12) 345.678", "555-0199", "555.0199",
+                   "12-345-678", "12.345.678", "012 345678", "012 345 678", "555 123 4567", "1234567"]
+
+
+@cache
+def phone_test_texts():
+    """The shortest phones, phone-like rows, and the real sentences of
+    ../shared/data where it is (reviews and SMS, with real phone numbers)."""
+    texts = SHORTEST_PHONES + phone_like_texts(50_000, seed=11)
+    if DEFAULT_DATA.exists():
+        texts += sentences(DEFAULT_DATA)
+    return pa.array(texts)
+
+
+def test_phone_candidates_hold_every_phone_match():
+    strings = phone_test_texts()
+    offsets, raw, _ = _text_bytes(strings)
+    candidates, _ = _entity_candidates(offsets, raw)
+    matches = np.asarray(pc.match_substring_regex(strings, ENTITY_PATTERNS["phone"]), dtype=bool)
+    assert matches[: len(SHORTEST_PHONES)].all()
+    assert matches.sum() > 5000  # the shapes are there to be missed
+    missed = np.flatnonzero(matches & ~candidates["phone"])
+    assert not len(missed), strings.take(pa.array(missed[:5])).to_pylist()
+    assert candidates["phone"].sum() < 1.5 * matches.sum()  # and the candidates are few more
+
+
+def test_entities_are_those_of_the_patterns_on_every_row(monkeypatch):
+    # the candidate tests only skip rows: the segments are those of running
+    # every pattern on every row (after url and email spans are marked)
+    strings = phone_test_texts()
+    found = segment(strings, entities=True)
+    candidates_of = tokenize._entity_candidates
+
+    def every_row(offsets, raw, numbers=False):
+        candidates, used = candidates_of(offsets, raw, numbers)
+        return {name: np.ones_like(rows) for name, rows in candidates.items()}, used
+
+    monkeypatch.setattr(tokenize, "_entity_candidates", every_row)
+    expected = segment(strings, entities=True)
+    assert found.values.equals(expected.values)
+    for field in ("is_word", "is_clitic", "entity", "row_offsets"):
+        assert np.array_equal(getattr(found, field), getattr(expected, field)), field
+    assert (found.entity == ENTITY_TYPES.index("phone")).sum() > 5000
 
 
 def test_markers_avoid_noncharacters_in_the_text():

@@ -32,7 +32,8 @@ warm-up round is dropped. CPU seconds of the JVM and of the Python workers
 are read from /proc for each pass.
 
 With --masters, each round runs every pass once under each master, a fresh
-session each (warm-up pass dropped), and the table compares them.
+session each (warm-up pass dropped), and the table compares them, with the
+cores each master kept busy (JVM and Python CPU seconds over wall seconds).
 """
 
 from __future__ import annotations
@@ -253,11 +254,18 @@ def main() -> None:
         python = statistics.median(c["python"] for c in cpu[key]) / tokens * 1e6
         print(f"| {master} | {name} | {kind} | {rate:,.0f} | {ratio} | {jvm:.2f} | {python:.2f} |")
     if len(masters) > 1:
-        print("\n| pass | column | " + " / ".join(masters[::-1]) + " (paired) |")
-        print("|---|---|---|")
+        # Cores busy: CPU seconds of the JVM and the Python workers over the wall seconds. A
+        # master that keeps every core of the machine busy cannot scale further on it.
+        print("\n| pass | column | " + " / ".join(masters[::-1]) + " (paired) | "
+              + " | ".join(f"cores busy, {m}" for m in masters) + " |")
+        print("|---|---|---|" + "---|" * len(masters))
         for name, kind in passes:
             first, last = (seconds[(m, name, kind)] for m in (masters[0], masters[-1]))
-            print(f"| {name} | {kind} | {statistics.median(a / b for a, b in zip(first, last)):.2f} |")
+            busy = [statistics.median((c["jvm"] + c["python"]) / t for c, t in zip(cpu[(m, name, kind)],
+                                                                                 seconds[(m, name, kind)]))
+                    for m in masters]
+            print(f"| {name} | {kind} | {statistics.median(a / b for a, b in zip(first, last)):.2f} | "
+                  + " | ".join(f"{b:.2f}" for b in busy) + " |")
     shutil.rmtree(work)
 
 

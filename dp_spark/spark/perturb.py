@@ -212,6 +212,16 @@ def _plan(spark: SparkSession, config: Config, partitions: dict[str, str], seed:
     with timer("load embeddings artifact"), phase(spark, run_id, "load resources"):
         mechanisms = [(c.mechanism, complete_params(c.mechanism, c.params, config.index.type)) for c in config.columns]
         runtime = Runtime(artifact_for(config.embeddings, config.index, mechanisms))
+    with timer("build the mechanisms and check the output"):
+        return _planned(spark, config, source, frame, selection, kinds, schema, runtime, seed, allow_recompose,
+                        ledger)
+
+
+def _planned(spark: SparkSession, config: Config, source: Input, frame: DataFrame, selection: dict[str, Any],
+             kinds: dict[str, str], schema: Any, runtime: Runtime, seed: Seed, allow_recompose: bool,
+             ledger: LedgerStore) -> _Plan:
+    """The plan, once the input and the artifact are known: the releases and
+    their guarantees, the output checked, the ledger's totals."""
     perturbers = [_perturber(config, column, kinds[column.name], runtime, seed) for column in config.columns]
     releases = []
     for column, perturber in zip(config.columns, perturbers):
@@ -327,9 +337,10 @@ def _execute(spark: SparkSession, config: Config, plan: _Plan, seed: Seed, run_i
         # The table goes live with its write: keys are checked on the input first.
         with timer("check that row keys are unique"), phase(spark, run_id, "check row keys"):
             check_unique_ids(plan.frame, config.job.id_column)
-    manifest = _manifest(spark, config, plan, seed, run_id, locations)
-    storage.write_text(locations["manifest"], json.dumps(manifest, indent=2, default=str))
-    _record_pending(ledger, config, plan, seed, run_id)
+    with timer("record the release as pending"):
+        manifest = _manifest(spark, config, plan, seed, run_id, locations)
+        storage.write_text(locations["manifest"], json.dumps(manifest, indent=2, default=str))
+        _record_pending(ledger, config, plan, seed, run_id)
     try:
         staged_table, summed = _perturb_and_write(spark, config, plan, run_id, staging, locations, timer, direct)
         with timer("plausible deniability"):
@@ -368,8 +379,9 @@ def _perturb_and_write(spark: SparkSession, config: Config, plan: _Plan, run_id:
     """One pass: the table written (staged, or in place for catalog and
     transactional outputs), row keys checked, statistics summed, all from
     the same persisted pass."""
-    perturbation = perturb(plan.frame, plan.perturbers, statistics=True, malformed=plan.input.malformed)
-    combined = perturbation.combined.persist()
+    with timer("plan the pass and mark it for caching"):
+        perturbation = perturb(plan.frame, plan.perturbers, statistics=True, malformed=plan.input.malformed)
+        combined = perturbation.combined.persist()
     try:
         if direct:
             # The table goes live with this write: from here on the release counts.

@@ -76,7 +76,7 @@ def test_two_text_columns_evaluate_from_a_config_with_both_models(spark, tmp_pat
     assert "diffractor vs mlap, nw_text, averaged embeddings" in capsys.readouterr().out
 
 
-def test_a_fixed_split_trains_the_original_models_once(spark, tmp_path, embeddings_files):
+def test_a_fixed_split_trains_the_original_models_once(spark, tmp_path, embeddings_files, monkeypatch):
     rng = np.random.default_rng(1)
     rows = [(" ".join([*rng.choice(NEGATIVE if i % 2 else POSITIVE, 2), *rng.choice(FILLER, 4)]), i % 2,
              "test" if i % 5 == 0 else "train") for i in range(160)]
@@ -105,6 +105,11 @@ def test_a_fixed_split_trains_the_original_models_once(spark, tmp_path, embeddin
     pd.DataFrame([(text, label, "train") for text, label, _ in rows],
                  columns=["text", "label", "split"]).to_parquet(tmp_path / "data.parquet")
     with pytest.raises(InputError, match="split column 'split' must mark some rows, not all, \"test\" \\(0 of 160"):
+        labeled_data(spark, config, settings)
+    # the models train on the driver: an input over its limit is refused before anything is perturbed
+    monkeypatch.setattr("dp_spark.spark.evaluate.MAX_ROWS", 100)
+    with pytest.raises(InputError, match="the input has 160 rows; the evaluation trains its models on the driver, "
+                                         "on at most 100: evaluate a sample"):
         labeled_data(spark, config, settings)
 
 

@@ -155,9 +155,8 @@ class BatchedIvfSearch:
                 pair_best[pairs, 0] = scores[np.arange(len(column)), column]
                 pair_ids[pairs, 0] = ids[column]
                 continue
-            width = min(k, scores.shape[1])
-            top = np.argpartition(scores, width - 1, axis=1)[:, :width] if scores.shape[1] > width else (
-                np.broadcast_to(np.arange(width), (len(scores), width)))
+            top = _smallest_columns(scores, k)
+            width = top.shape[1]
             pair_best[pairs, :width] = np.take_along_axis(scores, top, axis=1)
             pair_ids[pairs, :width] = ids[top]
         # Back to query order: pair j of query i sits at row i * nprobe + j.
@@ -183,14 +182,21 @@ class BatchedIvfSearch:
             rows = probing[bounds[number] : bounds[number + 1]]
             scores = scaled[rows] @ vectors.T
             scores += norms
-            top = np.argpartition(scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else (
-                np.broadcast_to(np.arange(scores.shape[1]), (len(rows), scores.shape[1])))
+            top = _smallest_columns(scores, k)
             merged = np.hstack([best[rows], np.take_along_axis(scores, top, axis=1)])
             merged_ids = np.hstack([best_ids[rows], ids[top]])
             keep = np.argsort(merged, axis=1, kind="stable")[:, :k]
             best[rows] = np.take_along_axis(merged, keep, axis=1)
             best_ids[rows] = np.take_along_axis(merged_ids, keep, axis=1)
         return best, best_ids
+
+
+def _smallest_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of its k smallest scores (unordered), or all
+    its columns when it has no more than k."""
+    if scores.shape[1] <= k:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(scores, k - 1, axis=1)[:, :k]
 
 
 def serialize_index(index: faiss.Index) -> bytes:

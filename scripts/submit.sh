@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Submit the perturb job to a Spark cluster with spark-submit.
+# Submit the perturb job (or another of jobs/) to a Spark cluster with spark-submit.
 #
 #   scripts/submit.sh CONFIG [job flags...]
 #   SPARK_MASTER=spark://10.0.0.5:7077 scripts/submit.sh conf/cluster.toml --partition ds=2026-11-22
+#   JOB=build SPARK_MASTER=spark://10.0.0.5:7077 scripts/submit.sh conf/cluster.toml --output s3a://bucket/artifacts
 #
 # What it does:
 #   1. makes .venv (dp-spark with pyspark) if missing: the driver's Python and spark-submit;
@@ -13,9 +14,12 @@
 #      $ENV_ARCHIVE, rebuilt only when pyproject.toml or dp_spark/ change;
 #   3. runs spark-submit with the archive (--archives ...#dp_spark_env), executors'
 #      PYSPARK_PYTHON set to ./dp_spark_env/bin/python, the config shipped with --files,
-#      and jobs/perturb.py as the application.
+#      and jobs/$JOB.py as the application.
 #
 # Variables it reads (all optional):
+#   JOB                the job of jobs/ to run (default perturb): perturb, build (the
+#                      artifact, its neighbour table found by the executors), calibrate,
+#                      evaluate, audit
 #   SPARK_MASTER       master URL (default local[2]); spark://host:port, yarn, k8s://...
 #   DEPLOY_MODE        client (default) or cluster (the driver then runs in the cluster
 #                      with the packed environment and reads the shipped config)
@@ -36,6 +40,11 @@ if [ $# -lt 1 ] || [ ! -f "$1" ]; then
 fi
 config=$1
 shift
+job=${JOB:-perturb}
+if [ ! -f "jobs/$job.py" ]; then
+  echo "submit.sh: JOB=$job: no jobs/$job.py (jobs: $(cd jobs && ls *.py | sed 's/\.py$//' | tr '\n' ' '))" >&2
+  exit 2
+fi
 
 python=${PYTHON:-python3}
 master=${SPARK_MASTER:-local[2]}
@@ -70,7 +79,7 @@ else
   spark_submit=$(.venv/bin/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')
 fi
 
-submit=("$spark_submit" --master "$master" --deploy-mode "$deploy_mode" --name "dp-spark perturb $(basename "$config")")
+submit=("$spark_submit" --master "$master" --deploy-mode "$deploy_mode" --name "dp-spark $job $(basename "$config")")
 case "$master" in
   local*)
     # Local mode runs executors inside the driver: they use the driver's Python.
@@ -92,4 +101,4 @@ esac
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PWD/.venv/bin/python}
 # shellcheck disable=SC2206
 extra=(${SPARK_SUBMIT_ARGS:-})
-exec "${submit[@]}" "${extra[@]}" jobs/perturb.py --config "$config_arg" "$@"
+exec "${submit[@]}" "${extra[@]}" "jobs/$job.py" --config "$config_arg" "$@"

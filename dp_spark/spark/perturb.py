@@ -213,16 +213,19 @@ def _plan(spark: SparkSession, config: Config, partitions: dict[str, str], seed:
         mechanisms = [(c.mechanism, complete_params(c.mechanism, c.params, config.index.type)) for c in config.columns]
         runtime = Runtime(artifact_for(config.embeddings, config.index, mechanisms))
     with timer("build the mechanisms and check the output"):
-        return _planned(spark, config, source, frame, selection, kinds, schema, runtime, seed, allow_recompose,
-                        ledger)
+        perturbers = [_perturber(config, column, kinds[column.name], runtime, seed) for column in config.columns]
+        releases = _releases(config, perturbers, kinds)
+        output_schema = perturb_schema_preview(schema, config, source)
+        check_output(spark, config.output, output_schema, storage.join(config.output.root, "_dp_spark_format_probe"))
+        _check_output_mode(spark, config)
+        totals = plan_run(ledger.entries(), config.input.dataset_name, selection, releases, seed.fingerprint,
+                          row_key_label(config.job.id_column), allow_recompose)
+    return _Plan(source, frame, selection, runtime, perturbers, releases, totals, kinds)
 
 
-def _planned(spark: SparkSession, config: Config, source: Input, frame: DataFrame, selection: dict[str, Any],
-             kinds: dict[str, str], schema: Any, runtime: Runtime, seed: Seed, allow_recompose: bool,
-             ledger: LedgerStore) -> _Plan:
-    """The plan, once the input and the artifact are known: the releases and
-    their guarantees, the output checked, the ledger's totals."""
-    perturbers = [_perturber(config, column, kinds[column.name], runtime, seed) for column in config.columns]
+def _releases(config: Config, perturbers: list[DPTextPerturber], kinds: dict[str, str]) -> list[Release]:
+    """Each column's release and its guarantee; a column whose mechanism
+    promises none is refused unless it accepts that."""
     releases = []
     for column, perturber in zip(config.columns, perturbers):
         try:
@@ -241,12 +244,7 @@ def _planned(spark: SparkSession, config: Config, source: Input, frame: DataFram
                         column.name, column.output_name, column.mechanism, guarantee.statement)
         releases.append(Release(column.name, column.output_name, column.mechanism, column.epsilon,
                                 perturber.release_fingerprint(kinds[column.name]), guarantee))
-    output_schema = perturb_schema_preview(schema, config, source)
-    check_output(spark, config.output, output_schema, storage.join(config.output.root, "_dp_spark_format_probe"))
-    _check_output_mode(spark, config)
-    totals = plan_run(ledger.entries(), config.input.dataset_name, selection, releases, seed.fingerprint,
-                      row_key_label(config.job.id_column), allow_recompose)
-    return _Plan(source, frame, selection, runtime, perturbers, releases, totals, kinds)
+    return releases
 
 
 def _check_output_mode(spark: SparkSession, config: Config) -> None:

@@ -32,6 +32,8 @@ import pyarrow.compute as pc
 # Letters, digits and apostrophes make tokens; every other run cuts them (RE2 syntax).
 TOKEN_SEPARATORS = "[^\\p{L}\\p{N}']+"
 MAX_ROWS = 2_000_000
+PENALTY = 0.01
+TOLERANCE = 1e-7
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,8 @@ class BagOfWords:
         # ties broken by the word, so that the vocabulary does not depend on row order
         order = np.lexsort((pc.array_sort_indices(encoded.dictionary).to_numpy().argsort(), -frequency))
         kept = np.sort(order[:max_words])
-        document_frequency = np.zeros(len(encoded.dictionary), np.int64)
-        pairs = np.unique(rows * len(encoded.dictionary) + ids)
-        np.add.at(document_frequency, pairs % len(encoded.dictionary), 1)
+        words = len(encoded.dictionary)
+        document_frequency = np.bincount(np.unique(rows * words + ids) % words, minlength=words)
         idf = np.log((len(texts) + 1) / (document_frequency[kept] + 1))
         return cls(encoded.dictionary.take(pa.array(kept)), idf)
 
@@ -143,8 +144,8 @@ class LogisticRegression:
     gradient_norm: float
 
     @classmethod
-    def fit(cls, features: Features, labels: np.ndarray, classes: int, penalty: float = 0.01,
-            tolerance: float = 1e-7, max_iterations: int = 500) -> LogisticRegression:
+    def fit(cls, features: Features, labels: np.ndarray, classes: int, penalty: float = PENALTY,
+            tolerance: float = TOLERANCE, max_iterations: int = 500) -> LogisticRegression:
         """Minimise mean cross-entropy + penalty / 2 * |W|^2 over features
         scaled to unit standard deviation; ``labels``: 0 .. classes - 1."""
         n, width = features.shape

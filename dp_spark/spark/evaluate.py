@@ -67,7 +67,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dp_spark import storage
-from dp_spark.classifier import MAX_ROWS
+from dp_spark.classifier import MAX_ROWS, PENALTY, TOLERANCE
 from dp_spark.config import parse_config, read_toml
 from dp_spark.deniability import TEXT_WORDS, deniability_summary
 from dp_spark.errors import ConfigError, InputError
@@ -92,8 +92,8 @@ from dp_spark.spark.shipping import ShippedArtifact, ship_artifact, worker_runti
 
 log = logging.getLogger("dp_spark.evaluate")
 
-LOGISTIC = ("logistic regression (L2 penalty 0.01 on features scaled to unit variance, L-BFGS to a relative "
-            "change of 1e-7)")
+LOGISTIC = (f"logistic regression (L2 penalty {PENALTY:g} on features scaled to unit variance, L-BFGS to a "
+            f"relative change of {np.format_float_scientific(TOLERANCE, trim='-', exp_digits=1)})")
 
 
 @dataclass(frozen=True)
@@ -406,7 +406,7 @@ def _embeddings_name(embeddings: Any) -> str:
 @dataclass(frozen=True)
 class Group:
     """The models of one seed on the original text, or on one mechanism's
-    epsilon grid: trained on inputs made by one cached pass."""
+    epsilon grid: trained on inputs made by one Spark pass."""
 
     seed: int
     mechanism: str
